@@ -14,6 +14,7 @@ import hashlib
 import json
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,12 +41,13 @@ class CorpusConfig:
     seed: int = 0
     batch_size: int = 96
     chunk_size: int = 192  # conversations per resumable chunk
+    parallel_chunks: int = 4  # chunks in flight at once with a server backend
     backend: str = "hf"  # "hf" (our batched generate) or a llama.cpp server URL, e.g. http://127.0.0.1:8089
 
     def sampling_key(self) -> dict:
         """What decides the tokens: a cache built with different values is not this corpus."""
         d = asdict(self)
-        for k in ("prompt_bank", "batch_size", "backend"):
+        for k in ("prompt_bank", "batch_size", "backend", "parallel_chunks"):
             d.pop(k)
         return d
 
@@ -116,7 +118,6 @@ def llama_server_complete(url: str, prompts: list[list[int]], n_predict: int, te
     SmolLM2 vs ~150 tok/s for HF at batch 128. Plain temperature + top-p: top-k and min-p off.
     """
     import urllib.request
-    from concurrent.futures import ThreadPoolExecutor
 
     def one(i: int) -> str:
         body = {"prompt": prompts[i], "n_predict": n_predict, "temperature": temperature, "top_p": top_p,
@@ -147,6 +148,19 @@ def _generate_chunk(model, bank, items, cfg: CorpusConfig, chunk_index: int) -> 
     return rows
 
 
+def _chunk(model, bank, items, cfg: CorpusConfig, ci: int, work: Path) -> list[dict]:
+    """Chunk `ci`, from disk when an earlier (interrupted) build finished it."""
+    path = work / f"chunk_{ci:05d}.jsonl"
+    if path.is_file():
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    t = time.time()
+    rows = _generate_chunk(model, bank, items, cfg, ci)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_json(work / f"chunk_{ci:05d}.time.json", {"seconds": time.time() - t})
+    return rows
+
+
 def build_corpus(model, out_dir: str | Path = CORPUS_DIR, cfg: CorpusConfig | None = None,
                  work_dir: str | Path | None = None) -> Corpus:
     """Generate (or resume) the default corpus into `work_dir` chunks, then write it to `out_dir`."""
@@ -163,23 +177,18 @@ def build_corpus(model, out_dir: str | Path = CORPUS_DIR, cfg: CorpusConfig | No
     write_json(work / "key.json", key)
 
     plan = _chunk_plan(len(bank), cfg)
-    done_tokens = 0
+    # A server backend gets several chunks in flight so its slots never idle on a chunk's slowest reply.
+    parallel = 1 if cfg.backend == "hf" else cfg.parallel_chunks
+    done_tokens, next_chunk = 0, 0
     bar = tqdm(total=cfg.target_tokens, desc="corpus tokens", unit="tok")
-    for ci, items in enumerate(plan):
-        if done_tokens >= cfg.target_tokens:
-            break
-        path = work / f"chunk_{ci:05d}.jsonl"
-        if path.is_file():
-            rows = [json.loads(line) for line in path.read_text().splitlines()]
-        else:
-            t = time.time()
-            rows = _generate_chunk(model, bank, items, cfg, ci)
-            with atomic_path(path) as tmp:
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            write_json(work / f"chunk_{ci:05d}.time.json", {"seconds": time.time() - t})
-        n = sum(len(r["input_ids"]) for r in rows)
-        done_tokens += n
-        bar.update(n)
+    with ThreadPoolExecutor(parallel) as pool:
+        while done_tokens < cfg.target_tokens and next_chunk < len(plan):
+            batch = range(next_chunk, min(next_chunk + parallel, len(plan)))
+            next_chunk = batch.stop
+            for rows in pool.map(lambda ci: _chunk(model, bank, plan[ci], cfg, ci, work), batch):
+                n = sum(len(r["input_ids"]) for r in rows)
+                done_tokens += n
+                bar.update(n)
     bar.close()
     return finalize(work, out_dir, key, cfg)
 
