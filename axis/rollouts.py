@@ -1,0 +1,179 @@
+"""Roll out every (system prompt, question) pair and average each block's output over the reply.
+
+Both stages are cached per rollout under a run directory, in chunks written atomically, so a long
+run (the full bank is ~18k rollouts) resumes where it stopped and a larger run reuses a smaller
+one's rollouts. A manifest pins the model and the sampling settings: a cache made with other
+settings is refused rather than silently mixed in.
+
+Activations are the mean of `blocks.{l}.hook_resid_post` over the assistant-content tokens only
+(`lm.chat.render(...).response_mask`), one [n_layers, d_model] matrix per rollout. Sequences are
+right-padded, so causal attention keeps the real tokens exact without an attention mask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from lm.chat import as_conversation, render
+from lm.generate import GenerationConfig, generate
+from lm.harvest import HarvestConfig, harvest
+from lm.io import read_json, save_tensors, write_json
+from lm.model import model_hash
+
+from axis.data import Role
+
+DEFAULT = "default"  # the role name of default-Assistant rollouts
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    role: str  # role name, or "default"
+    category: str
+    prompt_index: int
+    system: str | None
+    question: str
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha1(json.dumps([self.system, self.question]).encode()).hexdigest()[:16]
+
+    @property
+    def is_default(self) -> bool:
+        return self.role == DEFAULT
+
+
+def make_specs(roles: list[Role], default_prompts: list[str | None], questions: list[str],
+               prompts_per_role: int | None = None) -> list[RolloutSpec]:
+    """Every default prompt x question, then every role system prompt x question."""
+    if not roles:
+        raise ValueError("Empty role bank: the axis contrasts the default Assistant with role rollouts.")
+    if not questions:
+        raise ValueError("No extraction questions given.")
+    if not default_prompts:
+        raise ValueError("No default-Assistant prompts given.")
+    specs = [RolloutSpec(DEFAULT, DEFAULT, i, s, q) for i, s in enumerate(default_prompts) for q in questions]
+    for r in roles:
+        for i, s in enumerate(r.system_prompts[:prompts_per_role]):
+            specs += [RolloutSpec(r.name, r.category, i, s, q) for q in questions]
+    return specs
+
+
+def conversation(spec: RolloutSpec, reply: str | None = None) -> list[dict]:
+    conv = as_conversation(spec.question, spec.system)
+    return conv + [{"role": "assistant", "content": reply}] if reply is not None else conv
+
+
+class ChunkCache:
+    """Records keyed by rollout id, stored as atomically written chunk files plus a manifest."""
+
+    def __init__(self, root: str | Path, manifest: dict, suffix: str):
+        self.root, self.suffix = Path(root), suffix
+        path = self.root / "manifest.json"
+        if path.is_file() and read_json(path) != json.loads(json.dumps(manifest)):
+            raise ValueError(f"{self.root} caches rollouts made with other settings or another model "
+                             f"({read_json(path)} vs {manifest}); use another --out or delete it.")
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json(path, manifest)
+
+    def chunks(self) -> list[Path]:
+        return sorted(self.root.glob(f"chunk_*{self.suffix}"))
+
+    def next_path(self) -> Path:
+        done = self.chunks()
+        n = int(done[-1].name.split("_")[1].split(".")[0]) + 1 if done else 0
+        return self.root / f"chunk_{n:06d}{self.suffix}"
+
+
+def generate_rollouts(model, specs: list[RolloutSpec], gen: GenerationConfig, cache_dir: str | Path,
+                      chunk_size: int = 256, progress: bool = True) -> dict[str, dict]:
+    """Sampled replies for every spec (cached); returns {rollout id: {'text', 'finished', 'n_gen_tokens'}}."""
+    cache = ChunkCache(cache_dir, {"model": model_hash(model), **gen.to_dict(), "batch_size": None}, ".json")
+    done: dict[str, dict] = {}
+    for p in cache.chunks():
+        done.update(read_json(p))
+    todo = [s for s in dict.fromkeys(specs) if s.id not in done]
+    bar = tqdm(total=len(todo), desc="rollouts", disable=not progress or not todo, unit="rollout")
+    for b in range(0, len(todo), chunk_size):
+        chunk = todo[b:b + chunk_size]
+        seed = gen.seed + int(chunk[0].id, 16) % 100_000  # reproducible for the same chunk
+        outs = generate(model, [conversation(s) for s in chunk], gen, progress=False, seed=seed)
+        recs = {s.id: {"text": o.text, "finished": o.finished, "n_gen_tokens": len(o.ids)}
+                for s, o in zip(chunk, outs)}
+        write_json(cache.next_path(), recs)
+        done.update(recs)
+        bar.update(len(chunk))
+    bar.close()
+    return {s.id: done[s.id] for s in specs}
+
+
+def response_tokens(tokenizer, spec: RolloutSpec, text: str):
+    """Ids and response mask of the rollout, or None when the template cannot place the reply."""
+    try:
+        r = render(tokenizer, conversation(spec, text))
+    except ValueError:
+        return None
+    return r.ids, r.response_mask
+
+
+def harvest_rollouts(model, specs: list[RolloutSpec], texts: dict[str, str], cache_dir: str | Path,
+                     batch_size: int = 16, chunk_size: int = 512, progress: bool = True
+                     ) -> Float[torch.Tensor, "n layers d"]:
+    """Mean hook_resid_post of every block over each rollout's response tokens, in `specs` order.
+
+    Rollouts whose reply has no tokens get NaN rows (callers drop them)."""
+    names = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
+    cache = ChunkCache(cache_dir, {"model": model_hash(model), "hooks": names}, ".safetensors")
+    have: dict[str, tuple[Path, int]] = {}
+    for p in cache.chunks():
+        with safe_open(str(p), "pt") as f:
+            for i, rid in enumerate(json.loads(f.metadata()["ids"])):
+                have[rid] = (p, i)
+    uniq = list(dict.fromkeys(specs))
+    todo = [s for s in uniq if s.id not in have]
+    tok = model.tokenizer
+    bar = tqdm(total=len(todo), desc="activations", disable=not progress or not todo, unit="rollout")
+    for b in range(0, len(todo), chunk_size):
+        chunk = todo[b:b + chunk_size]
+        seqs = [response_tokens(tok, s, texts[s.id]) for s in chunk]
+        seqs = [x if x is not None else (torch.tensor([tok.pad_token_id]), torch.zeros(1, dtype=torch.bool))
+                for x in seqs]  # an unrenderable reply becomes an empty (NaN) row
+        order = sorted(range(len(chunk)), key=lambda i: len(seqs[i][0]))  # batch similar lengths
+        n = max(len(ids) for ids, _ in seqs)
+        ids = torch.full((len(chunk), n), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), n), dtype=torch.bool)
+        for row, i in enumerate(order):  # right padding: causal attention never sees the pads
+            ids[row, :len(seqs[i][0])] = seqs[i][0]
+            mask[row, :len(seqs[i][1])] = seqs[i][1]
+        acts = harvest(model, ids, names, HarvestConfig(batch_size=batch_size, exclude_first=False, reduce="mean"),
+                       mask=mask, progress=False)
+        means = torch.stack([acts[nm] for nm in names], 1)  # [rows, layers, d]
+        means[mask.sum(1) == 0] = float("nan")
+        out = torch.empty_like(means)
+        out[torch.tensor(order)] = means
+        path = cache.next_path()
+        save_tensors(path, {"mean": out}, metadata={"ids": json.dumps([s.id for s in chunk])})
+        bar.update(len(chunk))
+        for i, s in enumerate(chunk):
+            have[s.id] = (path, i)
+    bar.close()
+    rows = []
+    by_file: dict[Path, torch.Tensor] = {}
+    for s in specs:
+        p, i = have[s.id]
+        if p not in by_file:
+            with safe_open(str(p), "pt") as f:
+                by_file[p] = f.get_tensor("mean")
+        rows.append(by_file[p][i])
+    return torch.stack(rows)
+
+
+def save_transcripts(path: str | Path, specs: list[RolloutSpec], records: dict[str, dict]) -> None:
+    write_json(path, [{**asdict(s), "id": s.id, **records[s.id]} for s in specs])

@@ -1,0 +1,265 @@
+"""Per-latent statistics of an SAE over a token dataset, in one batched pass with bounded memory.
+
+For every latent we keep: the top-k most activating contexts (one per row, duplicates of the same
+window dropped, since the default corpus repeats each user prompt up to 16 times), a uniform
+sample of other activating contexts, a log-binned activation histogram, density (fraction of
+tokens where it fires), max and mean activation, and the logit-lens tokens of its decoder row.
+Nothing scales with the dataset: top-k buffers are merged batch by batch (streaming top-k), the
+random sample is bottom-k on random keys (exactly uniform without replacement), and histogram
+bins are fixed log-spaced edges, so one pass suffices. Position 0 of each row is an attention sink
+and is excluded by default. Results are cached beside a manifest (model, SAE weights, data, config)
+and reused when all four match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Bool, Int
+from tqdm.auto import tqdm
+
+from lm.io import read_json, save_tensors, write_json
+from features.logit_lens import logit_lens
+from features.sae import check_features, check_sae, feature_acts, sae_digest
+
+
+@dataclass
+class AnalysisConfig:
+    n_examples: int = 20  # top-activating contexts kept per latent
+    n_random: int = 5  # uniformly sampled activating contexts per latent
+    left: int = 24  # context tokens shown before the activating token
+    right: int = 8  # and after it
+    batch_size: int = 16
+    hist_min: float = 1e-3  # histogram edges are log-spaced over [hist_min, hist_max]
+    hist_max: float = 1e4
+    bins_per_decade: int = 20
+    exclude_first: bool = True  # position 0 of every row is an attention sink
+    n_logit_tokens: int = 10
+    seed: int = 0
+
+    @property
+    def window(self) -> int:
+        return self.left + 1 + self.right
+
+    @property
+    def n_bins(self) -> int:
+        return round(math.log10(self.hist_max / self.hist_min) * self.bins_per_decade)
+
+    def hist_edges(self) -> torch.Tensor:
+        return torch.logspace(math.log10(self.hist_min), math.log10(self.hist_max), self.n_bins + 1)
+
+
+class FeatureStats:
+    """Tensors indexed by latent ([d_sae, ...]) plus metadata; saved as safetensors + JSON."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], meta: dict):
+        self.t = tensors
+        self.meta = meta
+        self.cfg = AnalysisConfig(**meta["config"])
+
+    @property
+    def d_sae(self) -> int:
+        return self.t["max_act"].shape[0]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.meta["n_tokens"])
+
+    @property
+    def density(self) -> torch.Tensor:
+        return self.t["n_active"].double() / max(self.n_tokens, 1)
+
+    @property
+    def mean_act(self) -> torch.Tensor:
+        return self.t["sum_act"] / self.t["n_active"].clamp(min=1)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.meta.get("labels") or [""] * self.d_sae
+
+    def examples(self, i: int, kind: str = "top") -> list[dict]:
+        """Contexts for latent i: token ids, per-token activations, max value, row and position."""
+        (i,) = check_features(self.d_sae, [i])
+        out = []
+        for j in range(self.t[f"{kind}_vals"].shape[1]):
+            if self.t[f"{kind}_rows"][i, j] < 0:
+                continue
+            toks = self.t[f"{kind}_toks"][i, j]
+            keep = toks >= 0
+            out.append({"tokens": toks[keep].tolist(), "acts": self.t[f"{kind}_acts"][i, j][keep].tolist(),
+                        "value": float(self.t[f"{kind}_vals"][i, j]), "row": int(self.t[f"{kind}_rows"][i, j]),
+                        "pos": int(self.t[f"{kind}_pos"][i, j]),
+                        "center": int(self.cfg.left - (~keep[:self.cfg.left]).sum())})
+        if kind == "top":
+            out.sort(key=lambda e: -e["value"])
+        return out
+
+    def save(self, root: str | Path) -> None:
+        root = Path(root)
+        save_tensors(root / "stats.safetensors", self.t)
+        write_json(root / "analysis.json", self.meta)
+
+    @classmethod
+    def load(cls, root: str | Path) -> "FeatureStats":
+        from safetensors.torch import load_file
+
+        root = Path(root)
+        if not (root / "analysis.json").is_file() or not (root / "stats.safetensors").is_file():
+            raise FileNotFoundError(f"No feature analysis in {root}; run features.analyze(...) "
+                                    "or scripts/feature_dashboards.py first.")
+        return cls(load_file(str(root / "stats.safetensors")), read_json(root / "analysis.json"))
+
+
+class _TopK:
+    """Per-latent top-k contexts by a score, merged batch by batch."""
+
+    def __init__(self, d: int, k: int, window: int, dedupe: bool, device):
+        self.k, self.dedupe = k, dedupe
+        self.score = torch.full((d, k), -1.0, device=device)
+        self.vals = torch.zeros(d, k, device=device)
+        self.rows = torch.full((d, k), -1, dtype=torch.long, device=device)
+        self.pos = torch.full((d, k), -1, dtype=torch.long, device=device)
+        self.acts = torch.zeros(d, k, window, device=device)
+        self.toks = torch.full((d, k, window), -1, dtype=torch.int32, device=device)
+        self.hash = torch.zeros(d, k, dtype=torch.long, device=device)
+
+    def update(self, score, vals, rows, pos, acts, toks, hsh) -> None:
+        cat = lambda a, b: torch.cat([a, b.to(a.dtype)], dim=1)
+        S, V, R, P = cat(self.score, score), cat(self.vals, vals), cat(self.rows, rows), cat(self.pos, pos)
+        A, T, H = cat(self.acts, acts), cat(self.toks, toks), cat(self.hash, hsh)
+        if self.dedupe:  # an identical window already ranked higher makes this one a duplicate
+            order = S.argsort(dim=1, descending=True)
+            Hs, Ss = H.gather(1, order), S.gather(1, order)
+            m = Hs.shape[1]
+            earlier = torch.ones(m, m, dtype=torch.bool, device=S.device).tril(-1)
+            dup = ((Hs[:, :, None] == Hs[:, None, :]) & earlier & (Ss[:, None, :] >= 0)).any(-1)
+            S = S.scatter(1, order, Ss.masked_fill(dup, -1.0))
+        idx = S.topk(self.k, dim=1).indices
+        g2 = lambda X: X.gather(1, idx)
+        g3 = lambda X: X.gather(1, idx[..., None].expand(-1, -1, X.shape[-1]))
+        self.score, self.vals, self.rows, self.pos, self.hash = g2(S), g2(V), g2(R), g2(P), g2(H)
+        self.acts, self.toks = g3(A), g3(T)
+        empty = self.score < 0  # unfilled slots hold no context
+        self.rows[empty], self.pos[empty], self.vals[empty], self.hash[empty] = -1, -1, 0.0, 0
+        self.acts[empty], self.toks[empty] = 0.0, -1
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        out = {"vals": self.vals, "rows": self.rows, "pos": self.pos, "acts": self.acts, "toks": self.toks}
+        return {f"{prefix}_{k}": v.cpu() for k, v in out.items()}
+
+
+def data_digest(tokens: torch.Tensor, keep: torch.Tensor) -> str:
+    return hashlib.sha256(tokens.numpy().tobytes() + keep.numpy().tobytes()).hexdigest()[:16]
+
+
+def analyze(model, sae, tokens: Int[torch.Tensor, "rows seq"], cfg: AnalysisConfig | None = None,
+            mask: Bool[torch.Tensor, "rows seq"] | None = None, cache_dir: str | Path | None = None,
+            progress: bool = True) -> FeatureStats:
+    """Statistics for every latent of `sae` over `tokens`; cached in `cache_dir` when given."""
+    cfg = cfg or AnalysisConfig()
+    hook = check_sae(model, sae)
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
+        raise ValueError(f"tokens must be a [rows, seq] tensor with rows >= 1 and seq >= 2, got {tuple(tokens.shape)}.")
+    if mask is not None and mask.shape != tokens.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} must equal tokens shape {tuple(tokens.shape)}.")
+    tokens = tokens.long().cpu()
+    keep = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool().cpu().clone()
+    if cfg.exclude_first:
+        keep[:, 0] = False
+    from lm.model import model_hash
+
+    key = {"model": model_hash(model), "sae": sae_digest(sae), "hook": hook,
+           "data_sha256": data_digest(tokens, keep), "config": asdict(cfg)}
+    if cache_dir is not None and (Path(cache_dir) / "analysis.json").is_file():
+        cached = FeatureStats.load(cache_dir)
+        if cached.meta.get("key") == key:
+            return cached
+        raise ValueError(f"{cache_dir} holds an analysis of another model, SAE, dataset or config; "
+                         "use another cache_dir or delete it.")
+
+    d, W, dev = sae.cfg.d_sae, cfg.window, sae.W_dec.device  # bookkeeping stays on the SAE's device
+    top = _TopK(d, cfg.n_examples, W, dedupe=True, device=dev)
+    rnd = _TopK(d, cfg.n_random, W, dedupe=False, device=dev)
+    nb = cfg.n_bins
+    hist = torch.zeros(d * (nb + 2), dtype=torch.long, device=dev)  # [underflow, nb bins, overflow] per latent
+    n_active = torch.zeros(d, dtype=torch.long, device=dev)
+    sum_act = torch.zeros(d, dtype=torch.float64, device=dev)
+    max_act = torch.zeros(d, device=dev)
+    token_counts = torch.zeros(model.cfg.d_vocab, dtype=torch.long, device=dev)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    mix = torch.randint(1, 2**31 - 1, (W,), generator=gen).to(dev)
+    offsets = torch.arange(-cfg.left, cfg.right + 1, device=dev)
+    log_min = math.log10(cfg.hist_min)
+
+    starts = range(0, tokens.shape[0], cfg.batch_size)
+    for b0 in tqdm(starts, desc="feature stats", disable=not progress, unit="batch"):
+        ids, k = tokens[b0:b0 + cfg.batch_size], keep[b0:b0 + cfg.batch_size]
+        _, f = feature_acts(model, sae, ids, hook)
+        ids, k = ids.to(dev), k.to(dev)
+        f = f.float() * k[..., None]  # [b, s, d]; excluded positions read as 0
+        b, s = ids.shape
+        token_counts += torch.bincount(ids[k], minlength=token_counts.numel())[: token_counts.numel()]
+        active = f > 0
+        n_active += active.sum((0, 1))
+        sum_act += f.sum((0, 1), dtype=torch.float64)
+        rowmax, argpos = f.max(dim=1)  # [b, d]: the best position of each row for each latent
+        max_act = torch.maximum(max_act, rowmax.max(0).values)
+        lat, vals = active.nonzero()[:, 2], f[active]
+        bins = ((vals.log10() - log_min) * cfg.bins_per_decade).floor().long().add(1).clamp(0, nb + 1)
+        hist += torch.bincount(lat * (nb + 2) + bins, minlength=hist.numel())
+
+        win = argpos.T[..., None] + offsets  # [d, b, W] positions around each row's maximum
+        valid = (win >= 0) & (win < s)
+        win = win.clamp(0, s - 1)
+        w_acts = f.permute(2, 0, 1).gather(2, win).masked_fill(~valid, 0.0)
+        w_toks = ids[None].expand(d, b, s).gather(2, win).masked_fill(~valid, -1).int()
+        w_hash = ((w_toks.long() + 2) * mix).sum(-1)
+        vals_db = rowmax.T
+        rows = torch.arange(b0, b0 + b, device=dev).expand(d, b)
+        pos = argpos.T
+        score = vals_db.masked_fill(vals_db <= 0, -1.0)
+        top.update(score, vals_db, rows, pos, w_acts, w_toks, w_hash)
+        keys = torch.rand(d, b, generator=gen).to(dev).masked_fill(vals_db <= 0, -1.0)
+        rnd.update(keys, vals_db, rows, pos, w_acts, w_toks, w_hash)
+
+    lens = logit_lens(model, sae.W_dec, cfg.n_logit_tokens)
+    tensors = {"max_act": max_act.cpu(), "sum_act": sum_act.cpu(), "n_active": n_active.cpu(),
+               "hist": hist.view(d, nb + 2).cpu(), "token_counts": token_counts.cpu(),
+               **top.tensors("top"), **rnd.tensors("random"),
+               **{f"logit_{k}": v for k, v in lens.items()}}
+    meta = {"key": key, "config": asdict(cfg), "hook": hook, "d_sae": d, "n_tokens": int(keep.sum()),
+            "n_rows": int(tokens.shape[0]), "sae_path": getattr(sae, "_steerlens_path", None)}
+    stats = FeatureStats(tensors, meta)
+    from features.labels import auto_labels
+
+    stats.meta["labels"] = auto_labels(stats, model.tokenizer)
+    if cache_dir is not None:
+        stats.save(cache_dir)
+        plot_density(stats, Path(cache_dir) / "feature_density.png")
+    return stats
+
+
+def plot_density(stats: FeatureStats, path: str | Path) -> None:
+    """Histogram of log10 firing density across latents (dead latents counted in the title)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lm.io import atomic_path
+
+    dens = stats.density
+    alive = dens > 0
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(dens[alive].log10().numpy(), bins=50, color="#e07b39")
+    ax.set_xlabel("log10 firing density (fraction of tokens)")
+    ax.set_ylabel("latents")
+    ax.set_title(f"{int(alive.sum())} of {stats.d_sae} latents fire; {stats.n_tokens} tokens")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,404 @@
+"""Concept search: which SAE latents separate a concept's positive texts from its negative ones.
+
+A concept is a JSON file (see `features/concepts/README.md`) with positive and negative texts and
+keyword regexes. Each text gets one score per latent, its maximum activation over the text's
+tokens, and latents are ranked by AUROC (the probability that a random positive text outscores a
+random negative one, ties counting half) on a selection half of the texts, ties broken by the
+mean activation difference. Their AUROC on the other, held-out half is what we report: with
+thousands of latents and a few dozen texts, the best selection AUROC is optimistic.
+
+The split is deterministic and order-free: texts are sorted by the SHA-256 of their content and
+alternately assigned, so appending texts to a concept file keeps most earlier assignments.
+
+Texts are read as the assistant's reply in a one-turn chat by default (`wrap="chat"`, measured
+on the reply's tokens only), the distribution the default SAE was trained on; `wrap="plain"`
+reads bare text after an end-of-text token that serves as the attention sink (never measured).
+
+The raw-basis counterpart is a difference of means in the residual stream at the SAE's hook:
+mean over the positive texts' *keyword* tokens (the tokens a keyword regex matches, e.g. " Golden",
+" Gate", " Bridge"; a positive text with no match contributes all its tokens) minus the mean over
+all tokens of the negative texts. Where a direction is read matters: averaged over every token
+of the positive texts it mostly encodes the texts' topic and style (`read="all"` gives that).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from tqdm.auto import tqdm
+
+from lm.harvest import forward_batch
+from lm.io import read_json, save_tensors, write_json
+from features.labels import make_label
+from features.logit_lens import logit_lens
+from features.sae import check_features, check_sae, encode, feature_acts
+
+CONCEPTS_DIR = Path(__file__).parent / "concepts"
+KEYS = ("name", "description", "keywords", "positive", "negative")
+
+
+@dataclass
+class Concept:
+    name: str
+    positive: list[str]
+    negative: list[str]
+    description: str = ""
+    keywords: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "concept") -> "Concept":
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: a concept is a JSON object with keys {list(KEYS)}.")
+        unknown = sorted(set(d) - set(KEYS))
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {unknown}; a concept has keys {list(KEYS)}.")
+        missing = [k for k in ("name", "positive", "negative") if k not in d]
+        if missing:
+            raise ValueError(f"{source}: missing key(s) {missing}; a concept needs 'name', 'positive' and 'negative'.")
+        return cls(name=d["name"], positive=d["positive"], negative=d["negative"],
+                   description=d.get("description", ""), keywords=d.get("keywords", []))
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> "Concept":
+        """A shipped concept by name (`golden_gate_bridge`) or a user's JSON file."""
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            shipped = CONCEPTS_DIR / f"{name_or_path}.json"
+            if not shipped.is_file():
+                names = sorted(p.stem for p in CONCEPTS_DIR.glob("*.json"))
+                raise FileNotFoundError(f"No concept {str(name_or_path)!r}: give a JSON file path or a shipped "
+                                        f"concept name ({', '.join(names)}).")
+            path = shipped
+        try:
+            d = read_json(path)
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}).") from e
+        return cls.from_dict(d, str(path))
+
+    def validate(self) -> None:
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError(f"Concept name {self.name!r} must be a non-empty string of letters, digits, '_', '.', '-'.")
+        for side in ("positive", "negative"):
+            texts = getattr(self, side)
+            if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
+                raise ValueError(f"Concept {self.name!r}: '{side}' must be a list of non-empty strings.")
+            if len(texts) < 2:
+                other = "negative" if side == "positive" else "positive"
+                raise ValueError(f"Concept {self.name!r} has {len(texts)} {side} text(s): concept search needs at least "
+                                 f"2 {side} and 2 {other} texts (one of each per half; 40+ each for a reliable AUROC).")
+        both = set(self.positive) & set(self.negative)
+        if both:
+            raise ValueError(f"Concept {self.name!r}: {len(both)} text(s) are both positive and negative, "
+                             f"e.g. {sorted(both)[0][:60]!r}.")
+        if not isinstance(self.keywords, list) or not all(isinstance(k, str) for k in self.keywords):
+            raise ValueError(f"Concept {self.name!r}: 'keywords' must be a list of regex strings.")
+        for k in self.keywords:
+            try:
+                re.compile(k)
+            except re.error as e:
+                raise ValueError(f"Concept {self.name!r}: keyword {k!r} is not a valid regex ({e}).") from e
+
+    def split(self) -> dict[str, tuple[list[str], list[str]]]:
+        """{'selection': (pos, neg), 'heldout': (pos, neg)}: hash-sorted texts, alternately assigned."""
+        halves = {}
+        for side in ("positive", "negative"):
+            ordered = sorted(getattr(self, side), key=lambda t: hashlib.sha256(t.encode()).hexdigest())
+            halves[side] = (ordered[0::2], ordered[1::2])
+        return {"selection": (halves["positive"][0], halves["negative"][0]),
+                "heldout": (halves["positive"][1], halves["negative"][1])}
+
+
+@dataclass
+class SearchConfig:
+    wrap: str = "chat"  # "chat": each text is the assistant's reply to `user_prompt`; "plain": bare text
+    user_prompt: str = "Say something."
+    read: str = "keywords"  # raw direction read at positives' keyword tokens ("keywords") or all their tokens ("all")
+    top: int = 10  # candidates returned
+    batch_size: int = 16
+    n_examples: int = 2  # held-out positive and negative texts shown per candidate
+
+    def __post_init__(self):
+        if self.wrap not in ("chat", "plain"):
+            raise ValueError(f"wrap must be 'chat' or 'plain', got {self.wrap!r}.")
+        if self.read not in ("keywords", "all"):
+            raise ValueError(f"read must be 'keywords' or 'all', got {self.read!r}.")
+
+
+@dataclass
+class TextActs:
+    """One text's measured tokens: ids, residuals at the SAE hook, keyword-token mask."""
+    text: str
+    ids: list[int]
+    resid: Float[torch.Tensor, "n d"]
+    keyword: torch.Tensor
+
+
+def auroc(pos: Float[torch.Tensor, "p *l"], neg: Float[torch.Tensor, "n *l"], chunk: int = 2048) -> torch.Tensor:
+    """P(score of a random positive > a random negative) + 0.5 P(equal): Mann-Whitney U / (p n)."""
+    if pos.shape[0] == 0 or neg.shape[0] == 0:
+        raise ValueError("AUROC needs at least one positive and one negative score.")
+    flat = pos.ndim == 1
+    pos, neg = (pos[:, None], neg[:, None]) if flat else (pos, neg)
+    out = []
+    for a in range(0, pos.shape[1], chunk):
+        p, n = pos[:, None, a:a + chunk].double(), neg[None, :, a:a + chunk].double()
+        out.append(((p > n).double() + 0.5 * (p == n).double()).mean((0, 1)))
+    res = torch.cat(out)
+    return res[0] if flat else res
+
+
+def _tokenize(tokenizer, text: str, cfg: SearchConfig, keywords: list[str]):
+    """Token ids, measured-position mask and keyword mask for one text."""
+    if cfg.wrap == "chat":
+        from lm.chat import render
+
+        r = render(tokenizer, [{"role": "user", "content": cfg.user_prompt}, {"role": "assistant", "content": text}])
+        full, measured, start = r.text, r.response_mask.tolist(), r.text.rfind(text)
+    else:
+        sink = tokenizer.eos_token or tokenizer.decode([tokenizer.eos_token_id])
+        full, start = sink + text, len(sink)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    if cfg.wrap == "chat" and ids != r.ids.tolist():
+        raise RuntimeError("Re-tokenising the rendered chat gave other ids than lm.chat.render.")
+    if cfg.wrap == "plain":
+        measured = [a >= start and b > a for a, b in offsets]
+        measured[0] = False  # the sink, whatever its offsets
+    spans = [(start + m.start(), start + m.end()) for k in keywords for m in re.finditer(k, text, re.IGNORECASE)]
+    kw = [m and any(a < e and b > s for s, e in spans) for (a, b), m in zip(offsets, measured)]
+    return ids, measured, kw
+
+
+def read_texts(model, hook: str, texts: list[str], cfg: SearchConfig, keywords: list[str] = (),
+               progress: bool = False) -> list[TextActs]:
+    """Residuals at `hook` for the measured tokens of each text (batched, right-padded)."""
+    tok = model.tokenizer
+    items = [_tokenize(tok, t, cfg, list(keywords)) for t in texts]
+    out = []
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for a in tqdm(range(0, len(texts), cfg.batch_size), desc="concept texts", disable=not progress):
+        batch = items[a:a + cfg.batch_size]
+        n = max(len(ids) for ids, _, _ in batch)
+        ids = torch.full((len(batch), n), pad, dtype=torch.long)
+        att = torch.zeros((len(batch), n), dtype=torch.long)
+        for j, (x, _, _) in enumerate(batch):
+            ids[j, :len(x)] = torch.tensor(x)
+            att[j, :len(x)] = 1
+        resid = forward_batch(model, ids, [hook], attention_mask=att)[hook]
+        for j, (x, meas, kw) in enumerate(batch):
+            m = torch.tensor(meas)
+            if not m.any():
+                raise ValueError(f"Text {texts[a + j][:60]!r} has no measurable tokens.")
+            out.append(TextActs(texts[a + j], [x[i] for i in range(len(x)) if meas[i]],
+                                resid[j, :len(x)][m].float().cpu(), torch.tensor(kw)[m]))
+    return out
+
+
+def _reduce(sae, acts: list[TextActs]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per text and latent: max activation, the position of that max, and mean activation."""
+    mx, arg, mean = [], [], []
+    for t in acts:
+        f = encode(sae, t.resid).float().cpu()
+        m = f.max(0)
+        mx.append(m.values)
+        arg.append(m.indices)
+        mean.append(f.mean(0))
+    return torch.stack(mx), torch.stack(arg), torch.stack(mean)
+
+
+def diff_of_means(pos: list[TextActs], neg: list[TextActs], read: str) -> Float[torch.Tensor, " d"]:
+    """Mean residual over positives' keyword tokens (or all tokens) minus mean over all negative tokens."""
+    p = torch.cat([t.resid[t.keyword] if read == "keywords" and t.keyword.any() else t.resid for t in pos])
+    n = torch.cat([t.resid for t in neg])
+    return p.mean(0) - n.mean(0)
+
+
+def _max_projection(acts: list[TextActs], direction: torch.Tensor) -> torch.Tensor:
+    u = direction / direction.norm().clamp(min=1e-12)
+    return torch.stack([(t.resid @ u).max() for t in acts])
+
+
+@dataclass
+class Candidate:
+    latent: int
+    auroc_selection: float
+    auroc_heldout: float
+    mean_diff: float  # mean over positive minus negative texts of per-text mean activation (selection half)
+    max_diff: float  # same for per-text max activation
+    raw_cosine: float  # cosine of the raw difference-of-means direction with this latent's decoder row
+    label: str = ""
+    examples: list[dict] = field(default_factory=list)  # held-out texts: token ids, activations, tag
+
+
+@dataclass
+class RawDirection:
+    read: str
+    norm: float
+    auroc_heldout: float  # max projection per text, direction fit on the selection half only
+    best_latent: int  # the latent whose decoder row is most aligned with the direction
+    best_cosine: float
+    direction: torch.Tensor = field(repr=False, default=None)  # fit on all texts
+
+
+@dataclass
+class ConceptResult:
+    name: str
+    description: str
+    hook: str
+    wrap: str
+    n_selection: int
+    n_heldout: int
+    candidates: list[Candidate]
+    raw: RawDirection
+
+    @property
+    def best(self) -> Candidate:
+        return self.candidates[0]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["raw"].pop("direction")
+        return d
+
+    def save(self, root: str | Path) -> None:
+        """`{name}.json` and the raw direction as `{name}_direction.safetensors`."""
+        write_json(Path(root) / f"{self.name}.json", self.to_dict())
+        save_tensors(Path(root) / f"{self.name}_direction.safetensors", {"direction": self.raw.direction.contiguous()},
+                     metadata={"hook": self.hook, "read": self.raw.read})
+
+
+def _example(sae, t: TextActs, latent: int, tag: str) -> dict:
+    a = encode(sae, t.resid)[:, latent].float().cpu()
+    return {"tokens": t.ids, "acts": a.tolist(), "value": float(a.max()), "center": int(a.argmax()), "tag": tag}
+
+
+def search_concept(model, sae, concept: Concept | str | Path, cfg: SearchConfig | None = None,
+                   stats=None, progress: bool = False) -> ConceptResult:
+    """Rank latents by selection AUROC; report held-out AUROC, examples, labels, raw-basis counterpart."""
+    cfg = cfg or SearchConfig()
+    concept = concept if isinstance(concept, Concept) else Concept.load(concept)
+    hook = check_sae(model, sae)
+    if stats is not None and stats.d_sae != sae.cfg.d_sae:
+        raise ValueError(f"The feature stats describe {stats.d_sae} latents but the SAE has {sae.cfg.d_sae}.")
+    split = concept.split()
+    read = {k: [read_texts(model, hook, texts, cfg, concept.keywords, progress) for texts in v] for k, v in split.items()}
+    (sp, sn), (hp, hn) = read["selection"], read["heldout"]
+    sp_max, sp_arg, sp_mean = _reduce(sae, sp)
+    sn_max, _, sn_mean = _reduce(sae, sn)
+    hp_max, hp_arg, _ = _reduce(sae, hp)
+    hn_max, _, _ = _reduce(sae, hn)
+
+    auc_sel = auroc(sp_max, sn_max)
+    mean_diff = sp_mean.mean(0) - sn_mean.mean(0)
+    order = mean_diff.argsort(descending=True, stable=True)
+    order = order[auc_sel[order].argsort(descending=True, stable=True)][: cfg.top]
+    auc_held = auroc(hp_max[:, order], hn_max[:, order])
+
+    direction = diff_of_means(sp + hp, sn + hn, cfg.read)
+    W_dec = sae.W_dec.detach().float().cpu()
+    cos = (W_dec @ direction) / (W_dec.norm(dim=1) * direction.norm()).clamp(min=1e-12)
+    sel_dir = diff_of_means(sp, sn, cfg.read)
+    raw_auc = float(auroc(_max_projection(hp, sel_dir), _max_projection(hn, sel_dir)))
+    raw = RawDirection(cfg.read, float(direction.norm()), raw_auc, int(cos.argmax()), float(cos.max()), direction)
+
+    latents = order.tolist()
+    labels = _labels(model, sae, sp + hp, torch.cat([sp_max, hp_max]), torch.cat([sp_arg, hp_arg]), latents, stats)
+    cands = []
+    for j, i in enumerate(latents):
+        pos_rank = hp_max[:, i].argsort(descending=True)[: cfg.n_examples].tolist()
+        neg_rank = hn_max[:, i].argsort(descending=True)[: cfg.n_examples].tolist()
+        ex = [_example(sae, hp[r], i, "+") for r in pos_rank] + [_example(sae, hn[r], i, "−") for r in neg_rank]
+        cands.append(Candidate(i, float(auc_sel[i]), float(auc_held[j]), float(mean_diff[i]),
+                               float(sp_max[:, i].mean() - sn_max[:, i].mean()), float(cos[i]), labels[j], ex))
+    return ConceptResult(concept.name, concept.description, hook, cfg.wrap, len(sp) + len(sn), len(hp) + len(hn),
+                         cands, raw)
+
+
+def _labels(model, sae, pos: list[TextActs], pos_max, pos_arg, latents: list[int], stats) -> list[str]:
+    """Dashboard labels when stats are given, else labels from the concept's own positive texts."""
+    if stats is not None:
+        return [stats.labels[i] for i in latents]
+    lens = logit_lens(model, sae.W_dec[latents], k=5)
+    ids = [i for t in pos for i in t.ids]
+    counts = torch.bincount(torch.tensor(ids), minlength=model.cfg.d_vocab)
+    out = []
+    for j, i in enumerate(latents):
+        peaks = [t.ids[int(pos_arg[k, i])] for k, t in enumerate(pos)]
+        out.append(make_label(peaks, pos_max[:, i].tolist(), lens["pos_ids"][j].tolist(), model.tokenizer,
+                              counts, len(ids)))
+    return out
+
+
+def format_example(tokenizer, ex: dict, threshold: float = 0.2) -> str:
+    """Plain-text example: tokens at >= threshold x the text's max activation get [activation] after them."""
+    from features.labels import token_text
+
+    top = max(ex["acts"] + [0.0])
+    parts = []
+    for t, a in zip(ex["tokens"], ex["acts"]):
+        s = token_text(tokenizer, t).replace("\n", "↵")
+        parts.append(f"{s}[{a:.2f}]" if top > 0 and a >= threshold * top else s)
+    return f"{ex.get('tag', '')} max {ex['value']:.2f}: " + "".join(parts).strip()
+
+
+def latent_max_activations(model, sae, tokens, latents, batch_size: int = 16, progress: bool = True) -> dict[int, float]:
+    """Each latent's maximum activation over token rows, first position (attention sink) excluded."""
+    latents = check_features(sae.cfg.d_sae, latents)
+    hook = check_sae(model, sae)
+    best = torch.zeros(len(latents))
+    for a in tqdm(range(0, tokens.shape[0], batch_size), desc="max activation", disable=not progress):
+        _, f = feature_acts(model, sae, tokens[a:a + batch_size], hook)
+        best = torch.maximum(best, f[:, 1:, latents].float().cpu().amax((0, 1)))
+    return {i: float(v) for i, v in zip(latents, best)}
+
+
+def dataset_tokens(source, tokenizer, context_size: int = 128, max_tokens: int | None = None) -> torch.Tensor:
+    """Token rows for a source ("default" corpus, a file, ...) or a [rows, seq] tensor passed through."""
+    if isinstance(source, torch.Tensor):
+        return source
+    from lm.text import pack, token_sequences
+
+    return pack(token_sequences(source, tokenizer), context_size, max_tokens)
+
+
+def write_concepts_json(sae_dir: str | Path, results: list[ConceptResult], model, sae, dataset="default",
+                        context_size: int = 128, max_tokens: int | None = None, data_name: str | None = None,
+                        progress: bool = True) -> dict:
+    """Merge `{concept: {"latent", "max_activation", "auroc_heldout"}}` into `sae_dir/concepts.json`.
+
+    `max_activation` is the latent's maximum over `dataset` (the SAE's training data: the unit that
+    relative clamping multiplies). `dataset` is a source name or file, a [rows, seq] token tensor,
+    or a `FeatureStats` computed over that data (then no forward pass is needed); `data_name` is
+    recorded as `max_activation_data` (default: the source name, or the data's hash).
+    """
+    from features.analysis import FeatureStats
+
+    if not results:
+        raise ValueError("No concept results to write.")
+    latents = sorted({r.best.latent for r in results})
+    if isinstance(dataset, FeatureStats):
+        if dataset.d_sae != sae.cfg.d_sae:
+            raise ValueError(f"The feature stats describe {dataset.d_sae} latents but the SAE has {sae.cfg.d_sae}.")
+        maxima = {i: float(dataset.t["max_act"][i]) for i in latents}
+        source = f"{dataset.n_tokens} tokens, sha256 {dataset.meta['key']['data_sha256']}"
+    else:
+        maxima = latent_max_activations(model, sae, dataset_tokens(dataset, model.tokenizer, context_size, max_tokens),
+                                        latents, progress=progress)
+        source = dataset if isinstance(dataset, str) else f"{dataset.numel()} tokens"
+        source += f" (max_tokens {max_tokens})" if max_tokens and isinstance(dataset, str) else ""
+    path = Path(sae_dir) / "concepts.json"
+    table = read_json(path) if path.is_file() else {}
+    for r in results:
+        table[r.name] = {"latent": r.best.latent, "max_activation": maxima[r.best.latent],
+                         "auroc_heldout": r.best.auroc_heldout, "auroc_selection": r.best.auroc_selection,
+                         "label": r.best.label, "max_activation_data": data_name or source}
+    write_json(path, table)
+    return table

@@ -1,0 +1,92 @@
+"""Generation speed with activation capping on vs off: raw basis (steering.Cap on a band of layers)
+and SAE basis (steering.SAECap at the SAE's layer), in one run.
+
+The three sides sample the same prompts with a fixed number of new tokens and alternate (uncapped,
+raw, sae, uncapped, ...) so machine noise hits all of them; the best of --repeats is kept. Cap cost
+does not depend on the direction's values, so without --axis random unit directions are used, and
+without an SAE (--sae, the axis's own, or steering's default) a random SAELens SAE of 8 x d_model
+latents. Prints one JSON line last; "ratio" is the raw-basis ratio (target >= 0.98).
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from lm.generate import GenerationConfig, generate
+from steering import DEFAULT_SAE, Cap, SAECap, Steering, load_sae
+
+from axis.artifact import AssistantAxis
+from axis.build import open_model
+from axis.capping import CapConfig, capping, parse_band
+
+
+def random_sae(d_model: int, layer: int, seed: int = 0):
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    cfg = StandardSAEConfig(d_in=d_model, d_sae=8 * d_model)
+    cfg.metadata.hook_name = f"blocks.{layer}.hook_resid_post"
+    torch.manual_seed(seed)
+    return StandardSAE(cfg).eval().requires_grad_(False)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--axis", default=None, help="saved axis (default: random directions)")
+    ap.add_argument("--sae", default=None)
+    ap.add_argument("--band", default="auto")
+    ap.add_argument("--percentile", type=float, default=75.0)
+    ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+
+    model = open_model(args.model, args.device)
+    n_layers, d = model.cfg.n_layers, model.cfg.d_model
+    band = parse_band(args.band, n_layers)
+    sae_dir = args.sae or (DEFAULT_SAE if (Path(DEFAULT_SAE) / "cfg.json").is_file() and args.model != "tiny" else None)
+    if args.axis:
+        axis = AssistantAxis.load(args.axis, model)
+        raw, _ = capping(axis, CapConfig(band, args.percentile, "floor", "raw"))
+        if axis.feature is not None and not args.sae:
+            sae_cap, _ = capping(axis, CapConfig([], args.percentile, "floor", "sae"))
+        else:
+            sae = load_sae(sae_dir) if sae_dir else random_sae(d, n_layers // 2)
+            sae_cap = Steering([SAECap(sae, torch.randn(sae.cfg.d_sae), 0.0)])
+    else:
+        g = torch.Generator().manual_seed(0)
+        raw = Steering([Cap(f"blocks.{l}.hook_resid_post", torch.randn(d, generator=g), 0.0) for l in band])
+        sae = load_sae(sae_dir) if sae_dir else random_sae(d, n_layers // 2)
+        sae_cap = Steering([SAECap(sae, torch.randn(sae.cfg.d_sae, generator=g), 0.0)])
+    n, bs = args.new_tokens, args.batch_size
+    prompts = [f"Tell me one surprising fact about topic number {i}." for i in range(bs)]
+    cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, temperature=0.7, top_p=0.9, batch_size=bs)
+    sides = {"uncapped": [], "raw": raw.hooks(model), "sae": sae_cap.hooks(model)}
+
+    def run(hooks):
+        generate(model, prompts, cfg, fwd_hooks=hooks, progress=False, seed=0)
+
+    times = {k: [] for k in sides}
+    for hooks in sides.values():
+        run(hooks)  # warm-up
+    for _ in range(args.repeats):
+        for k, hooks in sides.items():
+            t = time.perf_counter()
+            run(hooks)
+            times[k].append(time.perf_counter() - t)
+    tps = {k: bs * n / min(v) for k, v in times.items()}
+    print(json.dumps({
+        "ratio": round(tps["raw"] / tps["uncapped"], 3), "sae_ratio": round(tps["sae"] / tps["uncapped"], 3),
+        "uncapped_tok_s": round(tps["uncapped"], 2), "raw_tok_s": round(tps["raw"], 2), "sae_tok_s": round(tps["sae"], 2),
+        "band": [band[0], band[-1]], "sae_hook": sides["sae"][0][0],
+        "batch_size": bs, "new_tokens": n, "axis": args.axis, "sae": sae_dir or "random",
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Generation speed under steering, relative to unsteered, and the steering-vectors library as a peer.
+
+Ours: `lm.generate.generate` unsteered, with a raw `Add` and with an SAE `Clamp` (encode, set one
+feature, add back the change) at the SAE's hook. Theirs: the same raw vector through
+`steering_vectors.SteeringVector(...).apply(hf_model)` around a bare HF `generate`, divided by the
+same bare HF `generate` unsteered. Same prompts, fixed number of new tokens, sampling with a fixed
+seed; the five sides alternate within each repeat so machine noise hits all of them, and the best
+of the repeats counts. Speed does not depend on SAE weights, so when no trained SAE exists a
+randomly initialised TopK SAE of the default shape is used (flagged in the output). Last stdout
+line: one JSON object; "ratio" is the worse of our two ratios.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from lm.chat import left_pad, render
+from lm.generate import GenerationConfig, generate
+from lm.model import EMBEDDED, load_model, resolve_source
+from steering import Add, Clamp
+from steering.sae import DEFAULT_SAE, load_concepts, load_sae, sae_hook
+
+
+def random_sae(d_in: int, hook: str, d_sae: int, k: int):
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, metadata=SAEMetadata(hook_name=hook)))
+    return sae.eval().requires_grad_(False)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=EMBEDDED)
+    ap.add_argument("--sae", default=DEFAULT_SAE, help="trained SAE dir; if absent a random TopK SAE is timed")
+    ap.add_argument("--d-sae", type=int, default=4608, help="random SAE width (default SAE's shape)")
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+
+    model = load_model(args.model)
+    _, path = resolve_source(args.model)
+    bare = AutoModelForCausalLM.from_pretrained(path or args.model, dtype=next(model.original_model.parameters()).dtype)
+    bare = bare.to(next(model.original_model.parameters()).device).eval()
+    trained = Path(args.sae, "cfg.json").is_file()
+    if trained:
+        sae = load_sae(args.sae)
+        hook = sae_hook(sae)
+        try:
+            c = next(iter(load_concepts(args.sae).values()))
+            feature, value = int(c["latent"]), 10.0 * float(c["max_activation"])
+        except FileNotFoundError:
+            feature, value = 0, 10.0
+    else:
+        hook = f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
+        sae = random_sae(model.cfg.d_model, hook, args.d_sae, args.k)
+        feature, value = 0, 10.0
+    layer = int(hook.split(".")[1])
+    g = torch.Generator().manual_seed(0)
+    vector = torch.randn(model.cfg.d_model, generator=g)
+    vector = vector / vector.norm() * 8.0
+    add, clamp = Add(hook, vector), Clamp(sae, {feature: value})
+
+    try:
+        from steering_vectors import SteeringVector
+    except ImportError:
+        raise SystemExit("The peer needs steering-vectors; it pins transformers<5 but works with 5.x, so install "
+                         "it without dependencies: pip install --no-deps steering-vectors==0.12.2") from None
+
+    peer = SteeringVector({layer: vector}, "decoder_block")
+    tok, n, bs = model.tokenizer, args.new_tokens, args.batch_size
+    prompts = [f"Tell me one surprising fact about topic number {i}." for i in range(bs)]
+    cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, temperature=0.7, top_p=0.9, batch_size=bs)
+    ids, att = left_pad([render(tok, [{"role": "user", "content": p}], True).ids for p in prompts], tok.pad_token_id)
+    ids, att = ids.to(bare.device), att.to(bare.device)
+    add_hooks, clamp_hooks = add.hooks(model), clamp.hooks(model)
+
+    def ours(hooks):
+        return lambda k=n: generate(model, prompts, cfg, fwd_hooks=hooks, progress=False, seed=0,
+                                    max_new_tokens=k, min_new_tokens=k)
+
+    def hf_generate(k=n):
+        torch.manual_seed(0)
+        bare.generate(input_ids=ids, attention_mask=att, max_new_tokens=k, min_new_tokens=k, do_sample=True,
+                      temperature=0.7, top_p=0.9, top_k=0, pad_token_id=tok.pad_token_id)
+
+    def theirs_add(k=n):
+        with peer.apply(bare):
+            hf_generate(k)
+
+    sides = {"ours_unsteered": ours([]), "ours_add": ours(add_hooks), "ours_clamp": ours(clamp_hooks),
+             "theirs_unsteered": hf_generate, "theirs_add": theirs_add}
+    times = {k: [] for k in sides}
+    for fn in sides.values():  # short warm-up (fast path build, allocator)
+        fn(2)
+    for _ in range(args.repeats):
+        for name, fn in sides.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    tps = {k: bs * n / min(v) for k, v in times.items()}
+    result = {f"{k}_tok_s": round(v, 2) for k, v in tps.items()}
+    result.update({
+        "ours_add_ratio": round(tps["ours_add"] / tps["ours_unsteered"], 3),
+        "ours_clamp_ratio": round(tps["ours_clamp"] / tps["ours_unsteered"], 3),
+        "theirs_add_ratio": round(tps["theirs_add"] / tps["theirs_unsteered"], 3),
+        "hook": hook, "sae": str(args.sae) if trained else f"random-init TopK d_sae={args.d_sae} k={args.k} "
+        f"(no trained SAE at {args.sae})", "sae_random_init": not trained, "batch_size": bs, "new_tokens": n,
+        "repeats": args.repeats, "threads": torch.get_num_threads(), "device": str(bare.device),
+    })
+    result["ratio"] = min(result["ours_add_ratio"], result["ours_clamp_ratio"])
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Raw residual-stream directions to compare SAE clamping against, at matched strength.
+
+- difference of means: mean activation over the tokens of texts about the concept minus the mean
+  over contrast texts (the concept files' "positive" / "negative" lists), first token excluded
+  (attention sink);
+- matched norm: a clamp to value c adds about c * |W_dec[f]| along the feature's decoder row, so
+  raw directions are added with that norm at each strength;
+- a random Gaussian direction of the same norm is the control.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+
+from lm.harvest import HarvestConfig, harvest
+from steering.metrics import right_pad
+
+
+def difference_of_means(model, hook: str, positive: list[str], negative: list[str],
+                        batch_size: int = 16) -> Float[torch.Tensor, " d"]:
+    if not positive or not negative:
+        raise ValueError("difference_of_means needs positive and negative texts.")
+    tok = model.tokenizer
+
+    def mean(texts):
+        seqs = [torch.tensor(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        ids, att = right_pad(seqs, tok.pad_token_id)
+        acts = harvest(model, ids, [hook], HarvestConfig(batch_size=batch_size), mask=att.bool(), progress=False)[hook]
+        return acts.float().mean(0)
+    return mean(positive) - mean(negative)
+
+
+def feature_edit_norm(sae, feature: int, value: float) -> float:
+    """Norm of what a feature at activation `value` adds to the SAE's reconstruction."""
+    from steering.sae import decoder_rows
+
+    row = decoder_rows(sae, torch.tensor([feature], device=sae.W_dec.device))[0]
+    return abs(value) * float(row.norm())
+
+
+def with_norm(direction: Float[torch.Tensor, " d"], norm: float) -> Float[torch.Tensor, " d"]:
+    direction = direction.float().cpu()
+    if direction.norm() == 0:
+        raise ValueError("Cannot rescale the zero vector.")
+    return direction / direction.norm() * norm
+
+
+def random_direction(d: int, seed: int = 0) -> Float[torch.Tensor, " d"]:
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(d, generator=g)
+    return v / v.norm()

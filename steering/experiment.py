@@ -1,0 +1,189 @@
+"""Run steering conditions on the same prompts and seeds, score them, and plot dose-response curves.
+
+A `Condition` is a named intervention (None = the unsteered baseline) with a family and strength
+for plotting. `Evaluator` generates answers under one condition and computes every metric of
+`steering.metrics`; `sweep_conditions` builds the amplification sweep: the SAE clamp at multiples
+of the feature's max activation, the raw difference-of-means direction added at the matched norm
+and a random direction of the same norm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from lm.generate import GenerationConfig, generate
+from steering.directions import difference_of_means, feature_edit_norm, random_direction, with_norm
+from steering.interventions import Add, Clamp, Intervention, from_dict
+from steering.metrics import (DESCRIPTION_PROMPT, NeutralKL, answer_perplexity, concept_hits, description_logprob,
+                              load_concept)
+from steering.sae import prepare
+
+METRICS = ("concept_rate", "description_logprob", "ppl", "kl_neutral")
+LABELS = {"concept_rate": "concept rate", "description_logprob": "description log-prob / token",
+          "ppl": "answer perplexity (unsteered model)", "kl_neutral": "KL(steered || unsteered), neutral text"}
+FAMILIES = ("sae_clamp", "raw_add", "random_add")
+
+
+@dataclass(eq=False)
+class Condition:
+    name: str
+    steering: Intervention | None = None  # None: the unsteered baseline
+    family: str = "baseline"
+    strength: float = 0.0  # multiple of the feature's max activation (matched for raw directions)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "family": self.family, "strength": self.strength,
+                "steering": self.steering.to_dict() if self.steering is not None else None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Condition":
+        steer = from_dict(d["steering"]) if d.get("steering") else None
+        return cls(d["name"], steer, d.get("family", "baseline"), d.get("strength", 0.0))
+
+
+@dataclass
+class EvalConfig:
+    concept: str  # features/concepts/<concept>.json
+    prompts: list[str]
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(
+        max_new_tokens=64, temperature=0.0, repetition_penalty=1.1))
+    neutral_texts: int = 8
+    neutral_max_tokens: int = 96
+    description_prompt: str = DESCRIPTION_PROMPT
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "generation": self.generation.to_dict()}
+
+
+class Evaluator:
+    """Score conditions on fixed prompts; the unsteered neutral-text distribution is computed once."""
+
+    def __init__(self, model, cfg: EvalConfig):
+        from steering.metrics import load_data
+
+        if not cfg.prompts:
+            raise ValueError("EvalConfig.prompts is empty.")
+        self.model, self.cfg = model, cfg
+        self.concept = load_concept(cfg.concept)
+        self.kl = NeutralKL(model, load_data("neutral_text")[:cfg.neutral_texts], cfg.neutral_max_tokens)
+
+    def __call__(self, cond: Condition) -> dict:
+        hooks = cond.steering.hooks(self.model) if cond.steering is not None else []
+        gens = generate(self.model, self.cfg.prompts, self.cfg.generation, fwd_hooks=hooks, progress=False)
+        hits = concept_hits([g.text for g in gens], self.concept)
+        ppl = answer_perplexity(self.model, gens)  # no hooks here: the unsteered model judges fluency
+        metrics = {
+            "concept_rate": sum(hits) / len(hits),
+            "description_logprob": description_logprob(self.model, self.concept, hooks, self.cfg.description_prompt),
+            "ppl": ppl["ppl"],
+            "ppl_mean": ppl["ppl_mean"],
+            "kl_neutral": self.kl(hooks),
+            "n_answers": len(gens),
+            "n_empty": ppl["n_empty"],
+            "mean_answer_tokens": sum(len(g.ids) for g in gens) / len(gens),
+        }
+        rows = [{"prompt": g.conversation[-1]["content"], "answer": g.text, "hit": h, "ppl": p}
+                for g, h, p in zip(gens, hits, ppl["ppl_per_answer"])]
+        return {"condition": cond.to_dict(), "metrics": metrics, "generations": rows}
+
+
+def sweep_conditions(model, sae, latent: int, max_activation: float, strengths: list[float],
+                     concept: dict | str, families=FAMILIES, seed: int = 0) -> list[Condition]:
+    """Baseline, then for each strength: SAE clamp, raw difference-of-means add, random add (matched norms)."""
+    bad = [f for f in families if f not in FAMILIES]
+    if bad:
+        raise ValueError(f"Unknown families {bad}; choose from {FAMILIES}.")
+    if not math.isfinite(max_activation) or max_activation <= 0:
+        raise ValueError(f"max_activation must be a positive number, got {max_activation}.")
+    concept = load_concept(concept) if isinstance(concept, str) else concept
+    sae_obj, hook = prepare(sae, model, None, "sweep")
+    conds = [Condition("baseline")]
+    raw = rnd = None
+    if "raw_add" in families:
+        raw = difference_of_means(model, hook, concept["positive"], concept["negative"])
+    if "random_add" in families:
+        rnd = random_direction(model.cfg.d_model, seed)
+    for s in strengths:
+        norm = feature_edit_norm(sae_obj, latent, s * max_activation)
+        tag = f"{s:g}x"
+        if "sae_clamp" in families:
+            conds.append(Condition(f"sae_clamp_{tag}", Clamp(sae, {latent: float(s)}, relative=True,
+                                   max_activations={latent: max_activation}), "sae_clamp", s))
+        if raw is not None:
+            conds.append(Condition(f"raw_add_{tag}", Add(hook, with_norm(raw, norm)),
+                                   "raw_add", s))
+        if rnd is not None:
+            conds.append(Condition(f"random_add_{tag}", Add(hook, with_norm(rnd, norm)),
+                                   "random_add", s))
+    return conds
+
+
+def collapse_strength(results: list[dict], family: str, factor: float = 2.0) -> float | None:
+    """Smallest strength at which answer perplexity exceeds `factor` x the baseline's (None: never)."""
+    base = next((r["metrics"]["ppl"] for r in results if r["condition"]["family"] == "baseline"), None)
+    if base is None or not math.isfinite(base):
+        return None
+    for r in sorted((r for r in results if r["condition"]["family"] == family), key=lambda r: r["condition"]["strength"]):
+        if not r["metrics"]["ppl"] <= factor * base:  # NaN (all answers empty) counts as collapsed
+            return r["condition"]["strength"]
+    return None
+
+
+def plot_dose_response(results: list[dict], path, title: str = "") -> None:
+    """One panel per metric, one curve per family against strength (symlog x); baseline dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
+    base = next((r for r in results if r["condition"]["family"] == "baseline"), None)
+    families = sorted({r["condition"]["family"] for r in results} - {"baseline"})
+    for ax, m in zip(axes, METRICS):
+        for fam in families:
+            pts = sorted((r["condition"]["strength"], r["metrics"][m]) for r in results if r["condition"]["family"] == fam)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=fam)
+        if base is not None:
+            ax.axhline(base["metrics"][m], color="gray", ls="--", label="unsteered")
+        ax.set_xscale("symlog", linthresh=1)
+        if m == "ppl":
+            ax.set_yscale("log")
+        ax.set_xlabel("strength (x max activation)")
+        ax.set_title(LABELS[m], fontsize=9)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    from lm.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _cell(text: str, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    text = text if len(text) <= limit else text[:limit] + " ..."
+    return text.replace("|", "\\|")
+
+
+def side_by_side(results: list[dict], names: list[str]) -> str:
+    """Markdown table: one row per prompt, one column per named condition."""
+    by = {r["condition"]["name"]: r for r in results}
+    missing = [n for n in names if n not in by]
+    if missing:
+        raise KeyError(f"No results for conditions {missing}.")
+    lines = ["| prompt | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for i, row in enumerate(by[names[0]]["generations"]):
+        cells = [_cell(row["prompt"], 160)] + [_cell(by[n]["generations"][i]["answer"]) for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def metrics_table(results: list[dict]) -> str:
+    lines = ["| condition | family | strength | " + " | ".join(METRICS) + " |", "|---" * (3 + len(METRICS)) + "|"]
+    for r in results:
+        c, m = r["condition"], r["metrics"]
+        lines.append(f"| {c['name']} | {c['family']} | {c['strength']:g} | "
+                     + " | ".join(f"{m[k]:.4g}" for k in METRICS) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,231 @@
+"""The axis pipeline on the tiny model: rollouts, response-only means, SAE basis, drift, capping."""
+
+import json
+
+import pytest
+import torch
+
+from lm.harvest import forward_batch
+from steering import Cap
+
+from axis import AssistantAxis, AxisConfig, CapConfig, DriftConfig, build_axis, cap_activity, capping, project, run_drift
+from axis.capping import CapMonitor
+from axis.drift import turn_masks
+from axis.rollouts import response_tokens
+from axis.sae_basis import encode, feature_labels, raw_layer
+
+SAE_HOOK = "blocks.2.hook_resid_post"
+
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory):
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(0)
+    sae = StandardSAE(StandardSAEConfig(d_in=64, d_sae=128, metadata=SAEMetadata(hook_name=SAE_HOOK)))
+    with torch.no_grad():
+        sae.b_enc.fill_(0.05)  # make features fire on the tiny model's small activations
+    path = tmp_path_factory.mktemp("sae")
+    sae.save_model(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def built(tiny, sae_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("axis")
+    cfg = AxisConfig(model="tiny", roles=["sea_captain", "pirate", "house_cat"], prompts_per_role=2, n_questions=2,
+                     max_new_tokens=6, sae=sae_dir, chunk_size=8, gen_batch_size=8)
+    return out, cfg, build_axis(tiny, cfg, out, progress=False)
+
+
+def test_build_writes_artifact_transcripts_and_stats(tiny, built):
+    out, _, ax = built
+    assert ax.axis.shape == (4, 64) and ax.role_means.shape == (3, 4, 64) and ax.role_names == ["sea_captain", "pirate", "house_cat"]
+    s = ax.stats
+    assert s["n_rollouts"] == 5 * 2 + 3 * 2 * 2 and s["n_default"] == 10
+    assert s["filter"]["kept_role_rollouts"] + sum(c["total"] - c["kept"] for c in s["filter"]["by_category"].values()) == 12
+    assert len(s["pca"]["cos_axis_pc1"]) == 4 and 1 <= s["monitor_layer"] <= 2
+    rows = json.loads((out / "transcripts.json").read_text())
+    assert len(rows) == 22 and {"text", "role", "system", "question", "adheres", "valid"} <= set(rows[0])
+    assert rows[0]["system"] is None and rows[3]["system"] == "You are an AI assistant."
+    for f in ("axis.safetensors", "axis.json", "config.json", "sae_axis.safetensors", "axis_summary.png"):
+        assert (out / f).is_file(), f
+    got = AssistantAxis.load(out, model=tiny)
+    assert torch.equal(got.axis, ax.axis) and got.feature.hook_name == SAE_HOOK
+    assert json.loads((out / "config.json").read_text())["generation"]["temperature"] == 0.7
+
+
+def test_rerun_resumes_from_the_cache(tiny, built):
+    out, cfg, ax = built
+    chunks = sorted(p.name for p in (out / "rollouts").glob("chunk_*"))
+    assert len(chunks) == 3  # 22 rollouts in chunks of 8
+    again = build_axis(tiny, cfg, out, progress=False)
+    assert sorted(p.name for p in (out / "rollouts").glob("chunk_*")) == chunks
+    assert torch.equal(again.axis, ax.axis)
+    bad = AxisConfig(**{**cfg.to_dict(), "temperature": 0.3})
+    with pytest.raises(ValueError, match="other settings"):
+        build_axis(tiny, bad, out, progress=False)
+
+
+def test_activations_average_response_tokens_only(tiny, built):
+    out, _, ax = built
+    from axis.rollouts import harvest_rollouts, make_specs
+    from axis import data
+
+    rows = json.loads((out / "transcripts.json").read_text())
+    roles = data.select_roles(data.load_roles(), names=["sea_captain"])
+    spec = make_specs(roles, [None], ["Who are you?"])[-1]
+    text = "I am the captain of this ship."
+    acts = harvest_rollouts(tiny, [spec], {spec.id: text}, out / "activations_check", progress=False)
+    ids, mask = response_tokens(tiny.tokenizer, spec, text)
+    assert 0 < mask.sum() < len(ids) and not mask[0]
+    full = forward_batch(tiny, ids[None], [f"blocks.{l}.hook_resid_post" for l in range(4)])
+    for l in range(4):
+        torch.testing.assert_close(acts[0, l], full[f"blocks.{l}.hook_resid_post"][0, mask].mean(0), atol=1e-5, rtol=1e-4)
+    assert len(rows) == 22
+    empty = harvest_rollouts(tiny, [spec], {spec.id: ""}, out / "activations_empty", progress=False)
+    assert empty.isnan().all()  # no response tokens: a NaN row the axis drops
+
+
+def test_sae_basis_projection_and_stats(tiny, built, sae_dir):
+    _, _, ax = built
+    fa = ax.feature
+    assert fa.feature_axis.shape == (128,) and raw_layer(fa.hook_name) == 2 and fa.layer == 2
+    st = fa.stats
+    assert len(st["top_features"]) == 20 and st["recon_k"][-1] == 128
+    sae = fa.get_sae()
+    # all features together decode the difference of mean reconstructions: close to the raw axis when
+    # the SAE reconstructs well; a random SAE does not, but the full decode is still the best of the k
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(project(x, ax, "sae"), encode(sae, x) @ (fa.feature_axis / fa.feature_axis.norm()))
+    torch.testing.assert_close(project(x, ax, "raw", layer=1), x @ ax.unit(1))
+    assert project(torch.randn(2, 4, 64), ax).shape == (2, 4)
+    with pytest.raises(ValueError, match="basis"):
+        project(x, ax, "pca")
+    with pytest.raises(ValueError, match="layer 2"):
+        project(x, ax, "sae", layer=3)
+    with pytest.raises(ValueError, match="width"):
+        project(torch.randn(2, 10), ax, "raw", layer=1)
+    with pytest.raises(ValueError, match="hook_resid_post"):
+        raw_layer("blocks.2.hook_attn_out")
+    assert feature_labels(None, [1, 2]) == {}
+
+
+def test_sae_labels_come_from_a_features_analysis(tmp_path):
+    (tmp_path / "analysis.json").write_text(json.dumps({"labels": ["a", "b", "bridge"]}))
+    assert feature_labels(str(tmp_path), [2, 0, 9]) == {2: "bridge", 0: "a"}
+
+
+def test_cap_floors_the_projection_and_counts_activity(tiny, built):
+    _, _, ax = built
+    steer, specs = capping(ax, CapConfig(layers=[1, 2], percentile=75))
+    assert all(isinstance(c, Cap) for c in steer.interventions)
+    conv = [{"role": "user", "content": "Who are you?"},
+            {"role": "assistant", "content": "Arr, I be a pirate sailing the seven seas with my crew."}]
+    ids, mask = response_tokens(tiny.tokenizer, make_spec(), conv[1]["content"])
+    name = "blocks.1.hook_resid_post"
+    clean = forward_batch(tiny, ids[None], [name])[name][0] @ specs[0].direction
+    with steer.apply(tiny):
+        capped = forward_batch(tiny, ids[None], ["blocks.2.hook_resid_post", name])
+    p1 = capped[name][0] @ specs[0].direction
+    p2 = capped["blocks.2.hook_resid_post"][0] @ specs[1].direction
+    tau1, tau2 = specs[0].tau, specs[1].tau
+    assert (p1 >= tau1 - 1e-4).all() and (p2 >= tau2 - 1e-4).all()
+    above = clean >= tau1
+    torch.testing.assert_close(p1[above], clean[above])  # gentle: untouched where already above tau
+    act = cap_activity(tiny, steer, specs, [conv])
+    assert act["n_tokens"] == int(mask.sum())
+    expect = float(((clean < tau1) & mask).sum()) / int(mask.sum())
+    assert act["per_hook"][name] == pytest.approx(expect)
+    assert act["any_hook"] >= max(act["per_hook"].values())
+    # at percentile 0 the floor is the lowest rollout mean: far fewer tokens fire than at 100
+    lo, lo_specs = capping(ax, CapConfig(layers=[1], percentile=0))
+    hi, hi_specs = capping(ax, CapConfig(layers=[1], percentile=100))
+    assert cap_activity(tiny, lo, lo_specs, [conv])["mean"] <= cap_activity(tiny, hi, hi_specs, [conv])["mean"]
+    # the monitor is registered before the cap it watches at the same hook point
+    hooks = CapMonitor(specs).hooks(tiny, steer)
+    assert [h for h, _ in hooks] == [name, name, "blocks.2.hook_resid_post", "blocks.2.hook_resid_post"]
+
+
+def test_sae_cap_raises_the_feature_projection(tiny, built):
+    _, _, ax = built
+    steer, specs = capping(ax, CapConfig(percentile=90, basis="sae"))
+    conv = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "A cat, napping in the sun."}]
+    ids, _ = response_tokens(tiny.tokenizer, make_spec(), conv[1]["content"])
+    sae, v = specs[0].sae, specs[0].direction
+    with steer.apply(tiny):
+        h = forward_batch(tiny, ids[None], [SAE_HOOK])[SAE_HOOK][0]
+    clean = forward_batch(tiny, ids[None], [SAE_HOOK])[SAE_HOOK][0]
+    before, after = encode(sae, clean) @ v, encode(sae, h) @ v
+    low = before < specs[0].tau
+    assert low.any() and (after[low] > before[low]).all()
+    assert 0 < cap_activity(tiny, steer, specs, [conv])["mean"] <= 1
+
+
+def make_spec():
+    from axis.rollouts import RolloutSpec
+
+    return RolloutSpec("default", "default", 0, None, "Who are you?")
+
+
+def test_drift_on_one_short_conversation(tiny, built):
+    _, _, ax = built
+    convs = [{"domain": "therapy", "id": "t1", "turns": ["I feel lonely lately.", "Do you ever feel lonely?"]}]
+    cfg = DriftConfig(layers=[1, 2], max_new_tokens=5)
+    res = run_drift(tiny, ax, convs, cfg, progress=False)
+    rec = res["conversations"][0]
+    assert [m["role"] for m in rec["conversation"]] == ["user", "assistant", "user", "assistant"]
+    assert set(rec["projection"]) == {"1", "2"} and len(rec["projection"]["1"]) == 2
+    ids, masks = turn_masks(tiny.tokenizer, rec["conversation"])
+    assert len(masks) == 2 and not (masks[0] & masks[1]).any()
+    from lm.chat import render
+    assert torch.equal(masks[0] | masks[1], render(tiny.tokenizer, rec["conversation"]).response_mask)
+    name = "blocks.2.hook_resid_post"
+    h = forward_batch(tiny, ids[None], [name])[name][0]
+    if masks[1].any():
+        assert rec["projection"]["2"][1] == pytest.approx(float((h[masks[1]] @ ax.unit(2)).mean()), abs=1e-5)
+    summ = res["summary"]["2"]["domains"]["therapy"]
+    assert summ["n"] == [int(m.any()) for m in masks]
+    steer, _ = capping(ax, CapConfig(layers=[1], percentile=100))
+    capped = run_drift(tiny, ax, convs, DriftConfig(layers=[1], max_new_tokens=5), fwd_hooks=steer.hooks(tiny),
+                       progress=False)
+    p = [x for x in capped["conversations"][0]["projection"]["1"] if x is not None]
+    assert all(x >= ax.tau(1, 100) - 1e-4 for x in p)  # every token floored at the max, so every turn mean too
+    with pytest.raises(ValueError, match="out of range"):
+        run_drift(tiny, ax, convs, DriftConfig(layers=[9]), progress=False)
+
+
+def test_axis_for_another_model_is_refused(tiny, built, tmp_path):
+    _, _, ax = built
+    ax2 = AssistantAxis(**{**ax.__dict__, "model": "embedded:smollm2-135m-instruct-0123"})
+    ax2.feature = None
+    ax2.save(tmp_path)
+    with pytest.raises(ValueError, match="computed on embedded"):
+        AssistantAxis.load(tmp_path, model=tiny)
+
+
+@pytest.mark.slow
+def test_real_model_axis_separates_unseen_roles(smollm, tmp_path):
+    """A small SmolLM2 axis (6 roles x 3 questions) puts held-out default rollouts above rollouts of
+    unseen roles on unseen questions (the substrate probe saw perfect separation at layers 10-20)."""
+    from axis import data
+    from axis.compute import auroc
+    from axis.rollouts import generate_rollouts, harvest_rollouts, make_specs
+    from lm.generate import GenerationConfig
+
+    cfg = AxisConfig(roles=["sea_captain", "pirate", "house_cat", "oracle", "lighthouse", "knight"], prompts_per_role=1,
+                     n_questions=3, max_new_tokens=20, adherence_filter="none")
+    ax = build_axis(smollm, cfg, tmp_path / "axis", progress=False)
+    qs = data.load_questions()[10:12]
+    roles = data.select_roles(data.load_roles(), names=["wizard", "dragon", "chef"])
+    specs = make_specs(roles, [None, "You are an AI assistant."], qs, prompts_per_role=1)
+    gen = GenerationConfig(max_new_tokens=20, temperature=0.7, top_p=0.9, seed=1)
+    recs = generate_rollouts(smollm, specs, gen, tmp_path / "held_rollouts", progress=False)
+    acts = harvest_rollouts(smollm, specs, {s.id: recs[s.id]["text"] for s in specs}, tmp_path / "held_acts",
+                            progress=False)
+    l = ax.stats["monitor_layer"]
+    p = project(acts[:, l], ax, "raw", layer=l)
+    is_def = torch.tensor([s.is_default for s in specs])
+    assert auroc(p[is_def], p[~is_def]) >= 0.75

@@ -1,0 +1,120 @@
+"""A tiny offline W&B comparison read back from its run files, and the experiment scripts' smoke runs."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lm.generate import GenerationConfig
+from lm.io import read_json
+from steering import load_sae
+from steering.compare import read_offline_run, run_comparison
+from steering.directions import feature_edit_norm
+from steering.experiment import METRICS, Condition, EvalConfig, collapse_strength, sweep_conditions
+from steering.metrics import load_concept
+
+ROOT = Path(__file__).resolve().parent.parent
+QUESTIONS = ["What is your physical form?", "How do I bake bread?"]
+
+
+
+@pytest.fixture(scope="module")
+def sae_dir(tmp_path_factory):
+    from sae_lens import TopKSAE, TopKSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    path = tmp_path_factory.mktemp("sae")
+    torch.manual_seed(0)
+    TopKSAE(TopKSAEConfig(d_in=64, d_sae=256, k=8, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post"))).save_model(str(path))
+    return str(path)
+
+
+def small_concept():
+    c = load_concept("golden_gate_bridge")
+    return {**c, "positive": c["positive"][:4], "negative": c["negative"][:4]}
+
+
+def test_offline_comparison_logs_what_it_reports(tiny, sae_dir, tmp_path):
+    conds = sweep_conditions(tiny, sae_dir, 7, 2.0, [10.0], small_concept(), families=("sae_clamp", "raw_add"))
+    assert [c.name for c in conds] == ["baseline", "sae_clamp_10x", "raw_add_10x"]
+    assert conds[2].steering.vector.norm() == pytest.approx(feature_edit_norm(load_sae(sae_dir), 7, 20.0), rel=1e-5)
+    cfg = EvalConfig("golden_gate_bridge", QUESTIONS, GenerationConfig(max_new_tokens=4, temperature=0),
+                     neutral_texts=2, neutral_max_tokens=24)
+    rec = run_comparison(tiny, conds, cfg, tmp_path, group="tiny-group", mode="offline", progress=False)
+    local = read_json(tmp_path / "results.json")
+    assert len(rec["wandb_runs"]) == 3 == len(local["results"]) == len(list((tmp_path / "conditions").glob("*.json")))
+    assert (tmp_path / "dose_response.png").read_bytes()[:4] == b"\x89PNG"
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| sae_clamp_10x | sae_clamp | 10 |" in summary and "What is your physical form?" in summary
+    clamp = next(r for r in local["results"] if r["condition"]["name"] == "sae_clamp_10x")
+    base = next(r for r in local["results"] if r["condition"]["name"] == "baseline")
+    assert clamp["metrics"]["kl_neutral"] > 0 == base["metrics"]["kl_neutral"]
+    for run_dir, r in zip(rec["wandb_runs"], local["results"]):
+        assert Path(run_dir).name.startswith("offline-run-") and Path(run_dir).parent == tmp_path / "wandb"
+        logged = read_offline_run(run_dir)
+        assert logged["name"] == r["condition"]["name"] and logged["group"] == "tiny-group"
+        assert logged["config"]["condition"] == r["condition"]
+        assert logged["config"]["eval"]["prompts"] == QUESTIONS
+        for k in METRICS:
+            assert logged["summary"][k] == pytest.approx(r["metrics"][k])
+            assert logged["history"][0][k] == pytest.approx(r["metrics"][k])
+        table = json.loads(next(Path(run_dir, "files", "media", "table").glob("*.table.json")).read_text())
+        assert [row[:2] for row in table["data"]] == [[g["prompt"], g["answer"]] for g in r["generations"]]
+        assert list(Path(run_dir, "files", "media", "images").glob("dose_response*.png"))
+    # a condition record rebuilds the same intervention
+    again = Condition.from_dict(json.loads(json.dumps(conds[1].to_dict())))
+    assert again.steering.to_dict() == conds[1].steering.to_dict() and again.strength == 10.0
+
+
+def test_collapse_strength():
+    def r(fam, s, ppl):
+        return {"condition": {"family": fam, "strength": s}, "metrics": {"ppl": ppl}}
+    results = [r("baseline", 0, 10.0), r("sae_clamp", 1, 12.0), r("sae_clamp", 5, 25.0), r("sae_clamp", 2, 19.0),
+               r("raw_add", 1, 11.0), r("raw_add", 2, float("nan"))]
+    assert collapse_strength(results, "sae_clamp") == 5
+    assert collapse_strength(results, "raw_add") == 2  # NaN: every answer empty
+    assert collapse_strength(results, "random_add") is None
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_clamp_script_smoke(tiny, sae_dir, tmp_path, capsys):
+    clamp = load_script("clamp")
+    with pytest.raises(SystemExit, match="No trained SAE"):
+        clamp.main(["--sae", str(tmp_path / "missing")], model=tiny)
+    with pytest.raises(FileNotFoundError, match="concepts.json"):
+        clamp.main(["--sae", sae_dir, "--out", str(tmp_path / "x")], model=tiny)
+    out = tmp_path / "clamp"
+    head = clamp.main(["--sae", sae_dir, "--experiments", "sycophancy", "--syc-latent", "7", "--syc-max-act", "2",
+                       "--n-prompts", "2", "--max-new-tokens", "3", "--strengths", "0,20", "--families", "sae_clamp",
+                       "--neutral-texts", "1", "--neutral-max-tokens", "16", "--out", str(out)], model=tiny)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(json.dumps(head))
+    res = read_json(out / "sycophancy" / "results.json")
+    assert [r["condition"]["name"] for r in res["results"]] == ["baseline", "sae_clamp_0x", "sae_clamp_5x", "sae_clamp_20x"]
+    at5 = res["results"][2]["metrics"]
+    h = head["sycophancy"]
+    assert h["strength"] == 5.0 and h["sae_clamp"]["ppl"] == at5["ppl"]
+    assert h["targets"]["met"]["concept_rate"] == (at5["concept_rate"] >= 0.8)
+    assert len(res["results"][0]["generations"]) == 2
+    assert "sae_clamp_5x" in (out / "sycophancy" / "summary.md").read_text()
+
+
+def test_compare_script_from_conditions_file(tiny, sae_dir, tmp_path, capsys):
+    conds = [Condition("baseline").to_dict(),
+             Condition("clamp3", __import__("steering").Clamp(sae_dir, {7: 3.0}), "sae_clamp", 3.0).to_dict()]
+    (tmp_path / "conds.json").write_text(json.dumps(conds))
+    compare = load_script("compare")
+    compare.main(["--conditions", str(tmp_path / "conds.json"), "--n-prompts", "1", "--max-new-tokens", "3",
+                  "--neutral-texts", "1", "--neutral-max-tokens", "16", "--mode", "disabled",
+                  "--out", str(tmp_path / "cmp")], model=tiny)
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(last["conditions"]) == {"baseline", "clamp3"}
+    assert not (tmp_path / "cmp" / "wandb").exists()  # disabled: local files only
+    assert read_json(tmp_path / "cmp" / "results.json")["results"][1]["condition"]["steering"]["features"] == {"7": 3.0}
