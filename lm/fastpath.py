@@ -90,7 +90,8 @@ class FastPath:
 
     def stale(self) -> bool:
         """True when the bridge's weights moved (`.to(...)`, reloaded): rebuild the fast path."""
-        return self.hf.get_input_embeddings().weight is not self._anchor.weight
+        mine, theirs = self.hf.get_input_embeddings().weight, self._anchor.weight
+        return mine.data_ptr() != theirs.data_ptr() or mine.device != theirs.device
 
     def can_route(self, names: list[str]) -> bool:
         return all(id(self.bridge.hook_dict[n]) in self.routes for n in names)

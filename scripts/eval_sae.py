@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 
 from lm.io import write_json
+from lm.model import load_model
 from saes.config import TrainConfig
 from saes.data import split_rows
 from saes.eval import EvalConfig, evaluate_sae, plot_density
 from saes.io import load_sae
-from saes.train import load_lm
 
 
 def main(argv=None):
@@ -42,7 +42,7 @@ def main(argv=None):
     cfg.data = args.data or cfg.data
     cfg.context_size = args.context_size or trained.get("context_size") or meta.context_size or cfg.context_size
     cfg.eval_tokens = args.tokens or cfg.eval_tokens
-    model = load_lm(cfg.model, args.device or "cpu")
+    model = load_model(cfg.model, device=args.device)
     eval_rows, _ = split_rows(cfg, model.tokenizer, heldout_only=True)
     ecfg = EvalConfig(batch_size=args.batch_size, exclude_first=cfg.exclude_first)
     metrics = evaluate_sae(sae.to(next(model.parameters()).device), model, eval_rows, args.hook, ecfg)

@@ -15,8 +15,11 @@ from lm.text import load_records, pack, packed_dataset, token_sequences
 HOOK = "blocks.1.hook_resid_post"
 
 
-def test_fast_path_matches_bridge(tiny):
+def test_fast_path_matches_bridge_and_is_built_once(tiny):
     from lm.fastpath import fast_path
+
+    assert fast_path(tiny) is fast_path(tiny)
+    assert fast_path(tiny).hf.lm_head.weight.data_ptr() == tiny.original_model.lm_head.weight.data_ptr()
 
     x = torch.randint(10, 1000, (2, 12))
     with torch.no_grad():

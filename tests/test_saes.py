@@ -195,6 +195,19 @@ def test_bad_input(tiny, text, tmp_path):
         train_sae(resolve("tiny", data=text), full, **kw)
 
 
+@pytest.mark.slow
+def test_smollm2_default_recipe_runs_end_to_end(smollm, text, tmp_path):
+    """The shipped recipe's hook and shapes on the real model, with token counts cut to seconds."""
+    cfg = resolve("smollm2-default", data=text, harvest_tokens=2040, train_tokens=4096, eval_tokens=510,
+                  lr_decay_steps=0)
+    (path,) = train_sae(cfg, tmp_path / "s", model=smollm, log_to_wandb=False, progress=False).values()
+    sae = load_sae(path)
+    assert (sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.metadata.hook_name) == (576, 4608, "blocks.15.hook_resid_post")
+    m = read_json(path / "metrics.json")
+    assert m["n_tokens"] == 510 and 0 < m["l0"] <= 32 and m["ce_loss_zero_ablation"] > m["ce_loss_clean"]
+    assert (path / "density.png").is_file()
+
+
 def test_cli_overrides_parse():
     from saes.config import parse_override
 

@@ -1,0 +1,96 @@
+"""Deterministic SAE training data: held-out split, per-shard harvests, and a seeded batch order.
+
+The token rows are shuffled once by the seed; the first rows are held out for evaluation and the
+rest are dealt round-robin into `data_shards` shards. The global batch at step s takes an equal
+slice from every shard, cut from a permutation seeded by (seed, epoch, shard). So the batch at any
+step is a pure function of the config: a resumed run sees exactly the data it would have seen,
+and torchrun ranks (each owning whole shards) split every global batch without overlap, for any
+world size that divides the shard count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+
+from lm.harvest import HarvestConfig, harvest
+from lm.text import pack, token_sequences
+from saes.config import TrainConfig
+
+
+def split_rows(cfg: TrainConfig, tokenizer, heldout_only: bool = False
+               ) -> tuple[Int[torch.Tensor, "e ctx"], Int[torch.Tensor, "t ctx"] | None]:
+    """(held-out rows, training rows) of `context_size` tokens, in the seeded order."""
+    rows = pack(token_sequences(cfg.data, tokenizer), cfg.context_size)
+    order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
+    n_eval = -(-cfg.eval_tokens // cfg.tokens_per_row)
+    if n_eval >= rows.shape[0]:
+        raise ValueError(f"{cfg.data!r} packs into only {rows.shape[0]} rows of {cfg.context_size} tokens; "
+                         f"holding out {n_eval} for evaluation leaves none. Lower eval_tokens or give more data.")
+    if heldout_only:
+        return rows[order[:n_eval]], None
+    train = order[n_eval:]
+    if cfg.data_mode == "cached":  # only what gets harvested, in whole rows per shard
+        per_shard = -(-cfg.harvest_tokens // (cfg.tokens_per_row * cfg.data_shards))
+        train = train[: per_shard * cfg.data_shards]
+        if len(train) < per_shard * cfg.data_shards:
+            raise ValueError(
+                f"{cfg.data!r} packs into {rows.shape[0]} rows of {cfg.context_size} tokens; "
+                f"{n_eval} held out + {per_shard * cfg.data_shards} to harvest do not fit. "
+                "Lower harvest_tokens/eval_tokens or give more data.")
+    if len(train) == 0:
+        raise ValueError(f"{cfg.data!r} has no rows left for training after holding out {n_eval}.")
+    return rows[order[:n_eval]], rows[train]
+
+
+def harvest_shards(model, cfg: TrainConfig, rows: Int[torch.Tensor, "t ctx"], shards: list[int],
+                   cache_root: Path | None, progress: bool = True) -> dict[int, dict[str, torch.Tensor]]:
+    """Activations of the given shards at every hook, cached per shard (a killed harvest resumes)."""
+    hcfg = HarvestConfig(batch_size=cfg.harvest_batch_size, exclude_first=cfg.exclude_first,
+                         dtype=cfg.act_dtype)
+    return {j: harvest(model, rows[j::cfg.data_shards], cfg.hooks, hcfg, progress=progress,
+                       cache_dir=cache_root / f"shard{j:03d}" if cache_root else None)
+            for j in shards}
+
+
+class ShardedBatches:
+    """Iterator of {hook: [local_batch, d]} for this rank's shards, from any start step."""
+
+    def __init__(self, shards: dict[int, dict[str, Float[torch.Tensor, "n d"]]], n_shards: int,
+                 batch_size: int, seed: int, step: int = 0, device: str | torch.device = "cpu"):
+        self.shards, self.seed, self.step, self.device = shards, seed, step, device
+        self.per_shard = batch_size // n_shards
+        n = {next(iter(a.values())).shape[0] for a in shards.values()}
+        if len(n) != 1:
+            raise ValueError(f"data shards differ in size ({sorted(n)}); they must hold equal row counts.")
+        self.n = n.pop()
+        self.steps_per_epoch = self.n // self.per_shard
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"a shard holds {self.n} tokens, fewer than its {self.per_shard} per batch; "
+                             "harvest more tokens or lower batch_size.")
+        self._perms: tuple[int, dict[int, torch.Tensor]] | None = None
+
+    def indices(self, step: int) -> dict[int, torch.Tensor]:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if self._perms is None or self._perms[0] != epoch:
+            gens = {j: torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 10_007 + j) for j in self.shards}
+            self._perms = (epoch, {j: torch.randperm(self.n, generator=g) for j, g in gens.items()})
+        return {j: p[i * self.per_shard:(i + 1) * self.per_shard] for j, p in self._perms[1].items()}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        idx = self.indices(self.step)
+        self.step += 1
+        hooks = next(iter(self.shards.values())).keys()
+        return {h: torch.cat([self.shards[j][h][ix] for j, ix in idx.items()]).to(self.device, torch.float32)
+                for h in hooks}
+
+
+def norm_stats(shards: dict[int, dict[str, torch.Tensor]], hook: str) -> torch.Tensor:
+    """[sum of activation norms, token count] over this rank's shards (all-reduce for the global mean)."""
+    norms = torch.cat([a[hook].float().norm(dim=-1) for a in shards.values()]).double()
+    return torch.stack([norms.sum(), torch.tensor(float(norms.numel()), dtype=torch.float64)])

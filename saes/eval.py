@@ -1,0 +1,127 @@
+"""Evaluate an SAE on held-out tokens: sparsity, reconstruction, and what splicing it in costs the LM.
+
+We do not call `sae_lens.evals.run_evals`: it masks positions by token id and splices the SAE into
+every other position, but here position 0 of each row (an attention sink, whatever its token) is
+excluded by position, as in training. So position 0 is left untouched in the spliced and ablated
+runs and is dropped from every statistic, and the LM loss is taken over the predictions made from
+positions >= 1. SAELens's streaming explained-variance calculator is reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Int
+from sae_lens.evals import ExplainedVarianceCalculator
+from tqdm.auto import tqdm
+
+from lm.harvest import check_hook_names
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 4  # rows per forward (SmolLM2 logits: 4 x 256 x 49152 floats = 200 MB)
+    exclude_first: bool = True
+    dense_threshold: float = 0.1  # a latent firing on more than this fraction of tokens is dense
+
+
+def _ce_sum(logits: torch.Tensor, ids: torch.Tensor, first: int) -> torch.Tensor:
+    """Summed next-token loss over predictions made from positions >= first."""
+    return F.cross_entropy(logits[:, first:-1].flatten(0, 1).float(), ids[:, first + 1:].flatten(), reduction="sum")
+
+
+@torch.no_grad()
+def evaluate_sae(sae, model, tokens: Int[torch.Tensor, "rows seq"], hook: str | None = None,
+                 cfg: EvalConfig | None = None, progress: bool = True) -> dict:
+    """L0, FVU, explained variance, CE-loss recovered, delta LM loss, dead/dense fractions, densities."""
+    cfg = cfg or EvalConfig()
+    hook = hook or sae.cfg.metadata.hook_name
+    if not hook:
+        raise ValueError("The SAE's cfg has no metadata.hook_name; pass hook=... explicitly.")
+    check_hook_names(model, [hook])
+    first = int(cfg.exclude_first)
+    if tokens.ndim != 2 or tokens.shape[1] < first + 2:
+        raise ValueError(f"tokens must be [rows, seq] with seq >= {first + 2}, got {tuple(tokens.shape)}.")
+    device = next(model.parameters()).device
+    sae_device, sae_dtype = sae.device, sae.dtype
+    ev = ExplainedVarianceCalculator()
+    fires = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
+    l0_sum, n_tok, n_pred = 0.0, 0, 0
+    ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    for b in tqdm(range(0, tokens.shape[0], cfg.batch_size), desc="eval sae", disable=not progress):
+        ids = tokens[b:b + cfg.batch_size].to(device)
+        seen = {}
+
+        def capture(x, hook):
+            seen["x"] = x.detach().clone()
+            return x
+
+        with model.hooks(fwd_hooks=[(hook, capture)]):
+            ce["clean"] += _ce_sum(model(ids), ids, first).item()
+        x = seen["x"][:, first:]
+        if x.shape[-1] != sae.cfg.d_in:
+            raise ValueError(f"SAE d_in is {sae.cfg.d_in} but {hook} has width {x.shape[-1]}: "
+                             "this SAE was trained on another hook or model.")
+        acts = sae.encode(x.to(sae_device, sae_dtype))
+        recon = sae.decode(acts).to(x.device, x.dtype)
+
+        def splice(h, hook, new=recon):
+            h = h.clone()
+            h[:, first:] = new
+            return h
+
+        with model.hooks(fwd_hooks=[(hook, splice)]):
+            ce["sae"] += _ce_sum(model(ids), ids, first).item()
+        with model.hooks(fwd_hooks=[(hook, lambda h, hook: splice(h, hook, torch.zeros_like(recon)))]):
+            ce["zero"] += _ce_sum(model(ids), ids, first).item()
+        flat_x, flat_r, on = x.flatten(0, 1).float(), recon.flatten(0, 1).float(), acts.flatten(0, 1) != 0
+        ev.add_batch(sae_output=flat_r, hidden_acts=flat_x)
+        fires += on.sum(0).double().cpu()
+        l0_sum += on.sum().item()
+        n_tok += on.shape[0]
+        n_pred += ids.shape[0] * (ids.shape[1] - first - 1)
+    ce = {k: v / n_pred for k, v in ce.items()}
+    density = (fires / n_tok).float()
+    explained = ev.compute()
+    return {
+        "hook": hook, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "n_tokens": n_tok,
+        "l0": l0_sum / n_tok,
+        "fvu": 1.0 - explained,
+        "explained_variance": explained,
+        "ce_loss_clean": ce["clean"], "ce_loss_with_sae": ce["sae"], "ce_loss_zero_ablation": ce["zero"],
+        "ce_loss_recovered": (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"]),
+        "delta_lm_loss": ce["sae"] - ce["clean"],
+        "dead_fraction": (density == 0).float().mean().item(),
+        "dense_fraction": (density > cfg.dense_threshold).float().mean().item(),
+        "eval_config": asdict(cfg),
+        "feature_density": density.tolist(),
+    }
+
+
+def plot_density(metrics: dict, path: str | Path, title: str = "") -> Path:
+    """Histogram of log10 firing frequency over the live latents; dead ones are counted in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lm.io import atomic_path
+
+    d = torch.tensor(metrics["feature_density"])
+    live = d[d > 0]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(live.log10().numpy(), bins=50, color="tab:blue")
+    dense = metrics["eval_config"]["dense_threshold"]
+    ax.axvline(torch.tensor(dense).log10().item(), color="tab:red", ls="--", lw=1, label=f"dense ({dense})")
+    ax.set_xlabel("log10 feature density (fraction of tokens)")
+    ax.set_ylabel("latents")
+    ax.set_title(f"{title}  L0 {metrics['l0']:.1f}, dead {int((d == 0).sum())}/{len(d)}".strip())
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
