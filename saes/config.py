@@ -110,14 +110,15 @@ class TrainConfig:
 RECIPES: dict[str, dict[str, Any]] = {
     # SmolLM2-135M-Instruct, residual stream after block 15 of 30: the middle layer where the
     # Golden Gate direction steers (layers 6-15) and the Assistant Axis separates roles (10-20).
-    # 160k harvested tokens (~6 min on 2 cores) x 6 epochs (~10 min) + eval (~2 min): a 15-20 min
-    # CPU run; the same SAE shape reached held-out FVU ~0.17 in the feasibility probe. AuxK revives
-    # latents silent for 250 steps. On a GPU raise harvest_tokens/train_tokens (and lr_decay_steps).
+    # On 2 idle cores: harvest 250k tokens (~1k tok/s, ~4 min), 8 epochs = 2M training tokens
+    # (~3k tok/s, ~11 min), held-out eval (~1 min): a 15-20 min run. The same SAE shape reached
+    # held-out FVU ~0.17 after ~1M tokens in the feasibility probe. AuxK revives latents silent
+    # for 250 steps. On a GPU raise harvest_tokens and train_tokens (and lr_decay_steps).
     "smollm2-default": dict(
         model="smollm2-135m-instruct", hooks=["blocks.15.hook_resid_post"], data="default",
         context_size=256, architecture="topk", d_sae=[4608], k=32, batch_size=1024, lr=4e-4,
-        lr_decay_steps=180, dead_feature_window=250, checkpoint_every=100,
-        harvest_tokens=160_000, train_tokens=960_000, eval_tokens=8_192,
+        lr_decay_steps=400, dead_feature_window=250, checkpoint_every=200,
+        harvest_tokens=250_000, train_tokens=2_000_000, eval_tokens=8_192,
     ),
     # The 4-layer random tiny model (lm.testing): seconds, for tests and examples.
     "tiny": dict(
