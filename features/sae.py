@@ -14,26 +14,19 @@ import torch
 from jaxtyping import Float, Int
 
 from lm.harvest import forward_batch
+from saes.io import load_sae as _load_sae
+from saes.pretrained import DEFAULT_NAME, PRETRAINED_DIR
 
-DEFAULT_SAE = Path(__file__).resolve().parent.parent / "saes" / "pretrained" / "smollm2-default"
+DEFAULT_SAE = PRETRAINED_DIR / DEFAULT_NAME
 
 
 def load_sae(sae, device: str | torch.device | None = None):
-    """An SAELens SAE from a directory (`cfg.json` + `sae_weights.safetensors`) or as given."""
-    from sae_lens import SAE
-
+    """An SAELens SAE from a directory (through `saes.io.load_sae`) or as given."""
     if isinstance(sae, (str, Path)):
-        path = Path(sae).expanduser()
-        if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
-            raise FileNotFoundError(f"{path} is not an SAELens SAE directory (needs cfg.json and "
-                                    "sae_weights.safetensors). Train one with scripts/train_sae.py "
-                                    "or point at another SAE directory.")
-        sae = SAE.load_from_disk(str(path), device=str(device or "cpu"))
-        object.__setattr__(sae, "_steerlens_path", str(path))
-    elif device is not None:
+        return _load_sae(sae, device=str(device or "cpu"))
+    if device is not None:
         sae = sae.to(device)
-    sae.eval()
-    return sae
+    return sae.eval()
 
 
 def sae_hook(sae) -> str:

@@ -125,3 +125,33 @@ def plot_density(metrics: dict, path: str | Path, title: str = "") -> Path:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def evaluate_dir(sae_dir: str | Path, model=None, data: str | None = None, tokens: int | None = None,
+                 hook: str | None = None, batch_size: int = EvalConfig.batch_size, context_size: int | None = None,
+                 device: str | None = None, progress: bool = True) -> tuple[dict, object]:
+    """Evaluate a saved SAE on the rows its training held out (read from its train_config.json);
+    returns (metrics with feature_density, model). `data`/`tokens`/`context_size` override the split."""
+    import json
+
+    from lm.model import load_model
+    from saes.config import TrainConfig
+    from saes.data import split_rows
+    from saes.io import load_sae
+
+    sae_dir = Path(sae_dir)
+    sae = load_sae(sae_dir, device=device or "cpu")
+    tc = sae_dir / "train_config.json"
+    trained = json.loads(tc.read_text()) if tc.is_file() else {}
+    meta = sae.cfg.metadata
+    tcfg = TrainConfig.from_dict({k: v for k, v in trained.items() if k in TrainConfig.__dataclass_fields__})
+    tcfg.model = trained.get("model") or meta.model_name or tcfg.model
+    tcfg.data = data or tcfg.data
+    tcfg.context_size = context_size or trained.get("context_size") or meta.context_size or tcfg.context_size
+    tcfg.eval_tokens = tokens or tcfg.eval_tokens
+    model = model if model is not None else load_model(tcfg.model, device=device)
+    eval_rows, _ = split_rows(tcfg, model.tokenizer, heldout_only=True)
+    cfg = EvalConfig(batch_size=batch_size, exclude_first=tcfg.exclude_first)
+    metrics = evaluate_sae(sae.to(next(model.parameters()).device), model, eval_rows, hook, cfg, progress)
+    metrics.update(model=tcfg.model, data=tcfg.data, sae=str(sae_dir))
+    return metrics, model

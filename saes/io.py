@@ -23,16 +23,31 @@ def holds_sae(path: str | Path) -> bool:
     return (path / SAE_CFG_FILENAME).is_file() or any(path.glob(f"*/{SAE_CFG_FILENAME}"))
 
 
+_CACHE: dict[tuple[str, str, float], object] = {}
+
+
 def load_sae(path: str | Path, device: str = "cpu"):
-    """A `sae_lens.SAE` from a directory we (or SAELens) wrote."""
+    """A `sae_lens.SAE` (eval mode, no grads) from a directory we or SAELens wrote; the one loader
+    every package uses. Cached per (path, device, weights mtime), and it remembers its path so
+    interventions built from it serialise as `{"sae": path}`."""
     from sae_lens import SAE
 
-    path = Path(path)
-    if not (path / SAE_CFG_FILENAME).is_file():
+    path = Path(path).expanduser()
+    if not (path / SAE_CFG_FILENAME).is_file() or not (path / SAE_WEIGHTS_FILENAME).is_file():
         subs = sorted(p.parent.name for p in path.glob(f"*/{SAE_CFG_FILENAME}"))
-        hint = f" It holds several SAEs: {subs}; load one of those subdirectories." if subs else ""
-        raise FileNotFoundError(f"{path} has no {SAE_CFG_FILENAME}: not an SAE directory.{hint}")
-    return SAE.load_from_disk(str(path), device=device)
+        hint = (f" It holds several SAEs: {subs}; load one of those subdirectories." if subs else
+                " Train one with scripts/train_sae.py, or pass the directory of an SAE saved with "
+                "`sae.save_model(dir)`.")
+        raise FileNotFoundError(f"{path} is not an SAELens SAE directory (needs {SAE_CFG_FILENAME} and "
+                                f"{SAE_WEIGHTS_FILENAME}).{hint}")
+    key = (str(path.resolve()), str(device), (path / SAE_WEIGHTS_FILENAME).stat().st_mtime)
+    sae = _CACHE.get(key)
+    if sae is None:
+        sae = SAE.load_from_disk(str(path), device=str(device))
+        sae.eval().requires_grad_(False)
+        object.__setattr__(sae, "_steerlens_path", str(path))
+        _CACHE[key] = sae
+    return sae
 
 
 def save_sae(sae, path: str | Path, sparsity=None, extra_json: dict[str, dict] | None = None) -> Path:

@@ -14,10 +14,7 @@ from pathlib import Path
 
 from lm.io import write_json
 from lm.model import load_model
-from saes.config import TrainConfig
-from saes.data import split_rows
-from saes.eval import EvalConfig, evaluate_sae, plot_density
-from saes.io import load_sae
+from saes.eval import EvalConfig, evaluate_dir, plot_density
 
 
 def main(argv=None):
@@ -34,22 +31,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     sae_dir = Path(args.sae)
-    sae = load_sae(sae_dir, device=args.device or "cpu")
-    trained = json.loads((sae_dir / "train_config.json").read_text()) if (sae_dir / "train_config.json").is_file() else {}
-    meta = sae.cfg.metadata
-    cfg = TrainConfig.from_dict({k: v for k, v in trained.items() if k in TrainConfig.__dataclass_fields__})
-    cfg.model = args.model or trained.get("model") or meta.model_name or cfg.model
-    cfg.data = args.data or cfg.data
-    cfg.context_size = args.context_size or trained.get("context_size") or meta.context_size or cfg.context_size
-    cfg.eval_tokens = args.tokens or cfg.eval_tokens
-    model = load_model(cfg.model, device=args.device)
-    eval_rows, _ = split_rows(cfg, model.tokenizer, heldout_only=True)
-    ecfg = EvalConfig(batch_size=args.batch_size, exclude_first=cfg.exclude_first)
-    metrics = evaluate_sae(sae.to(next(model.parameters()).device), model, eval_rows, args.hook, ecfg)
+    model = load_model(args.model, device=args.device) if args.model else None
+    metrics, _ = evaluate_dir(sae_dir, model, args.data, args.tokens, args.hook, args.batch_size,
+                              args.context_size, args.device)
     out = Path(args.out) if args.out else sae_dir / "eval.json"
     plot_density(metrics, out.with_suffix(".png"), title=sae_dir.name)
     metrics.pop("feature_density")
-    metrics.update(model=cfg.model, data=cfg.data, sae=str(sae_dir))
     write_json(out, metrics)
     print(json.dumps(metrics))
 

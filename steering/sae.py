@@ -13,30 +13,16 @@ import torch
 from jaxtyping import Float
 
 from lm.io import read_json
+from saes.io import load_sae as _load_sae
+from saes.pretrained import DEFAULT_NAME, PRETRAINED_DIR
 
-DEFAULT_SAE = "saes/pretrained/smollm2-default"
+DEFAULT_SAE = str(PRETRAINED_DIR / DEFAULT_NAME)  # absolute: notebooks run from notebooks/
 SUPPORTED_NORMS = ("none", "expected_average_only_in")  # both are identity at inference
-_CACHE: dict[tuple[str, float], object] = {}
 
 
 def load_sae(path: str | Path, device: str | torch.device = "cpu"):
-    """An inference-ready SAELens SAE (eval, no grads) from a `cfg.json` + `sae_weights.safetensors` dir."""
-    from sae_lens import SAE
-
-    path = Path(path).expanduser()
-    weights = path / "sae_weights.safetensors"
-    if not (path / "cfg.json").is_file() or not weights.is_file():
-        raise FileNotFoundError(
-            f"No SAELens SAE at {path}: expected cfg.json and sae_weights.safetensors there. Train one "
-            f"(saes/), or pass the directory of an SAE saved with `sae.save_model(dir)`.")
-    key = (str(path.resolve()), weights.stat().st_mtime)
-    sae = _CACHE.get(key)
-    if sae is None:
-        sae = SAE.load_from_disk(str(path), device=str(device))
-        sae.eval().requires_grad_(False)
-        sae._steerlens_path = str(path)
-        _CACHE[key] = sae
-    return sae
+    """An inference-ready SAELens SAE (eval, no grads), through the one loader in `saes.io`."""
+    return _load_sae(path, device=str(device))
 
 
 def sae_path(sae) -> str | None:
