@@ -139,3 +139,14 @@ def load_model(name: str = EMBEDDED, device: str | None = None, dtype: torch.dty
     bridge.eval()
     object.__setattr__(bridge, "_steerlens_source", f"{kind}:{Path(source).name}")
     return bridge
+
+
+def load_bare_hf(name: str = EMBEDDED, model=None):
+    """The same weights as a stock HF model with no hooks: the baseline the benchmarks divide by.
+    With `model` (a loaded bridge) it takes that model's dtype and device."""
+    from transformers import AutoModelForCausalLM
+
+    _, path = resolve_source(name)
+    p = next(model.original_model.parameters()) if model is not None else None
+    bare = AutoModelForCausalLM.from_pretrained(path or name, dtype=p.dtype if p is not None else torch.float32)
+    return bare.to(p.device if p is not None else "cpu").eval()

@@ -9,11 +9,10 @@ import json
 import time
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from lm.chat import left_pad, render
 from lm.generate import GenerationConfig, generate
-from lm.model import EMBEDDED, load_model, resolve_source
+from lm.model import EMBEDDED, load_bare_hf, load_model
 
 
 def main():
@@ -26,8 +25,7 @@ def main():
     torch.set_grad_enabled(False)
 
     model = load_model(args.model)
-    _, path = resolve_source(args.model)
-    bare = AutoModelForCausalLM.from_pretrained(path or args.model, dtype=torch.float32).eval()
+    bare = load_bare_hf(args.model, model)
     tok = model.tokenizer
     layer = model.cfg.n_layers // 2
     noop = [(f"blocks.{layer}.hook_resid_post", lambda x, hook: x)]

@@ -10,10 +10,9 @@ import json
 import time
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from lm.harvest import HarvestConfig, harvest
-from lm.model import EMBEDDED, load_model, resolve_source
+from lm.model import EMBEDDED, load_bare_hf, load_model
 
 
 def main():
@@ -28,8 +27,7 @@ def main():
     torch.set_grad_enabled(False)
 
     model = load_model(args.model)
-    _, path = resolve_source(args.model)
-    bare = AutoModelForCausalLM.from_pretrained(path or args.model, dtype=torch.float32).eval()
+    bare = load_bare_hf(args.model, model)
     bare.model.layers = bare.model.layers[: args.layer + 1]
     g = torch.Generator().manual_seed(0)
     rows = args.batch_size * args.batches

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from lm.chat import left_pad, render
 from lm.generate import GenerationConfig, generate
-from lm.model import EMBEDDED, load_model, resolve_source
+from lm.model import EMBEDDED, load_bare_hf, load_model
 from steering import Add, Clamp
 from steering.sae import DEFAULT_SAE, load_concepts, load_sae, sae_hook
 
@@ -50,9 +49,7 @@ def main():
     torch.set_grad_enabled(False)
 
     model = load_model(args.model)
-    _, path = resolve_source(args.model)
-    bare = AutoModelForCausalLM.from_pretrained(path or args.model, dtype=next(model.original_model.parameters()).dtype)
-    bare = bare.to(next(model.original_model.parameters()).device).eval()
+    bare = load_bare_hf(args.model, model)
     trained = Path(args.sae, "cfg.json").is_file()
     if trained:
         sae = load_sae(args.sae)

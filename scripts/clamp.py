@@ -23,17 +23,12 @@ import argparse
 import json
 from pathlib import Path
 
-from lm.generate import GenerationConfig
 from lm.io import write_json
 from lm.model import EMBEDDED, load_model
 from steering.amplification import EXPERIMENTS, STRENGTHS, AmplificationConfig, run_amplification
 from steering.compare import MODES
-from steering.experiment import FAMILIES
+from steering.experiment import add_sweep_args, sweep_settings
 from steering.sae import DEFAULT_SAE
-
-
-def floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x.strip()]
 
 
 def parse(argv=None):
@@ -45,16 +40,7 @@ def parse(argv=None):
     ap.add_argument("--gg-max-act", type=float, help="its max activation (default: concepts.json)")
     ap.add_argument("--syc-latent", type=int, help="sycophantic-praise latent id (default: concepts.json)")
     ap.add_argument("--syc-max-act", type=float)
-    ap.add_argument("--strengths", type=floats, default=list(STRENGTHS))
-    ap.add_argument("--families", default=",".join(FAMILIES))
-    ap.add_argument("--n-prompts", type=int, default=None, help="first N prompts only (default all)")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--repetition-penalty", type=float, default=1.1)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--neutral-texts", type=int, default=8)
-    ap.add_argument("--neutral-max-tokens", type=int, default=96)
+    add_sweep_args(ap, ",".join(f"{x:g}" for x in STRENGTHS))
     ap.add_argument("--wandb", choices=MODES, default="disabled", help="also log W&B runs (scripts/compare.py does)")
     ap.add_argument("--out", default="runs/clamp")
     return ap.parse_args(argv)
@@ -70,14 +56,13 @@ def main(argv=None, model=None) -> dict:
         raise SystemExit(f"No trained SAE at {args.sae} (cfg.json missing). Train the default SAE first "
                          "(saes/), or pass --sae DIR of a SAELens SAE.")
     model = model or load_model(args.model)
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                           batch_size=args.batch_size, repetition_penalty=args.repetition_penalty)
+    strengths, families, gen = sweep_settings(args)
     result = {}
     for name in names:
         flag = {"golden_gate": "gg", "sycophancy": "syc"}[name]
         cfg = AmplificationConfig(
             sae=args.sae, latent=getattr(args, f"{flag}_latent"), max_activation=getattr(args, f"{flag}_max_act"),
-            strengths=args.strengths, families=[f for f in args.families.split(",") if f], n_prompts=args.n_prompts,
+            strengths=strengths, families=families, n_prompts=args.n_prompts,
             generation=gen, neutral_texts=args.neutral_texts, neutral_max_tokens=args.neutral_max_tokens,
             seed=args.seed, wandb=args.wandb)
         result[name] = run_amplification(model, name, Path(args.out) / name, cfg)

@@ -15,11 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
-from lm.generate import GenerationConfig
 from lm.io import read_json
 from lm.model import EMBEDDED, load_model
 from steering.compare import MODES, run_comparison
-from steering.experiment import FAMILIES, Condition, EvalConfig, sweep_conditions
+from steering.experiment import Condition, EvalConfig, add_sweep_args, sweep_conditions, sweep_settings
 from steering.metrics import load_concept, load_data
 from steering.sae import DEFAULT_SAE, concept_latent
 
@@ -29,20 +28,11 @@ def parse(argv=None):
     ap.add_argument("--model", default=EMBEDDED)
     ap.add_argument("--concept", default="golden_gate_bridge", help="features/concepts/<name>.json")
     ap.add_argument("--prompts", default="unrelated_questions", help="steering/data/<name>.json or a JSON list file")
-    ap.add_argument("--n-prompts", type=int, default=None)
     ap.add_argument("--conditions", help="JSON file of conditions; default: the sweep below")
     ap.add_argument("--sae", default=DEFAULT_SAE)
     ap.add_argument("--latent", type=int, help="default: <sae>/concepts.json")
     ap.add_argument("--max-activation", type=float, help="default: <sae>/concepts.json")
-    ap.add_argument("--strengths", default="0,1,2,5,10,20,50")
-    ap.add_argument("--families", default=",".join(FAMILIES))
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--repetition-penalty", type=float, default=1.1)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--neutral-texts", type=int, default=8)
-    ap.add_argument("--neutral-max-tokens", type=int, default=96)
+    add_sweep_args(ap, "0,1,2,5,10,20,50")
     ap.add_argument("--mode", choices=MODES, default="offline", help="W&B mode")
     ap.add_argument("--project", default="steerlens")
     ap.add_argument("--group", default=None)
@@ -56,14 +46,13 @@ def main(argv=None, model=None) -> dict:
     prompts = read_json(path) if path.suffix == ".json" else load_data(args.prompts)
     prompts = prompts[:args.n_prompts]
     model = model or load_model(args.model)
+    strengths, families, gen = sweep_settings(args)
     if args.conditions:
         conds = [Condition.from_dict(d) for d in read_json(args.conditions)]
     else:
         latent, max_act = concept_latent(args.sae, args.concept, args.latent, args.max_activation)
-        conds = sweep_conditions(model, args.sae, latent, max_act, [float(s) for s in args.strengths.split(",")],
-                                 load_concept(args.concept), [f for f in args.families.split(",") if f], args.seed)
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                           batch_size=args.batch_size, repetition_penalty=args.repetition_penalty)
+        conds = sweep_conditions(model, args.sae, latent, max_act, strengths, load_concept(args.concept), families,
+                                 args.seed)
     cfg = EvalConfig(args.concept, prompts, gen, args.neutral_texts, args.neutral_max_tokens)
     record = run_comparison(model, conds, cfg, args.out, project=args.project, group=args.group, mode=args.mode)
     out = {r["condition"]["name"]: {k: r["metrics"][k] for k in ("concept_rate", "description_logprob", "ppl", "kl_neutral")}

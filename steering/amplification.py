@@ -31,7 +31,7 @@ EXPERIMENTS = {
                    "title": "Sycophantic-praise latent clamped"},
 }
 TARGETS = {"concept_rate_min": 0.8, "baseline_concept_rate_max": 0.05, "ppl_ratio_max": 2.0}
-STRENGTHS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
+STRENGTHS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
 
 
 @dataclass
@@ -70,6 +70,21 @@ def headline(record: dict, strength: float) -> dict:
             "baseline_concept_rate": base["concept_rate"] <= TARGETS["baseline_concept_rate_max"],
             "ppl_ratio": clamp["ppl_ratio"] <= TARGETS["ppl_ratio_max"]}}
     out["collapse_strength"] = record["summary"]
+    out["best_fluent"] = best_fluent(record["results"], base["ppl"])
+    return out
+
+
+def best_fluent(results: list[dict], base_ppl: float, factor: float = TARGETS["ppl_ratio_max"]) -> dict:
+    """Per family, the strength with the highest concept rate among those whose answers stay within
+    `factor` x the baseline perplexity (None when no strength > 0 does)."""
+    out = {}
+    for fam in FAMILIES:
+        ok = [r for r in results if r["condition"]["family"] == fam and r["condition"]["strength"] > 0
+              and r["metrics"]["ppl"] <= factor * base_ppl]
+        best = max(ok, key=lambda r: (r["metrics"]["concept_rate"], -r["condition"]["strength"]), default=None)
+        out[fam] = None if best is None else {"strength": best["condition"]["strength"],
+                                              "concept_rate": best["metrics"]["concept_rate"],
+                                              "ppl_ratio": best["metrics"]["ppl"] / base_ppl}
     return out
 
 

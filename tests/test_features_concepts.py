@@ -147,7 +147,8 @@ def test_search_finds_planted_latent(result):
     assert r.n_selection == r.n_heldout == 12
     dead = [c for c in r.candidates if c.latent >= 8]
     assert all(c.auroc_selection == 0.5 for c in dead)
-    assert [c.auroc_selection for c in r.candidates] == sorted((c.auroc_selection for c in r.candidates), reverse=True)
+    buckets = [int(c.auroc_selection / 0.01) for c in r.candidates]
+    assert buckets == sorted(buckets, reverse=True)
     ex = best.examples
     assert [e["tag"] for e in ex] == ["+", "+", "−", "−"]
     assert ex[0]["value"] == pytest.approx(max(ex[0]["acts"])) and ex[0]["value"] >= ex[-1]["value"]
@@ -212,3 +213,12 @@ def test_real_model_golden_gate_direction(smollm):
     assert r.raw.direction.shape == (576,) and len(r.candidates) == 3
     with pytest.raises(ValueError, match="d_in is 64"):
         search_concept(smollm, random_sae(64, 8, HOOK), small)
+
+
+def test_rank_latents_ties_within_bucket_go_to_mean_difference():
+    from features.concepts import rank_latents
+
+    auc = torch.tensor([0.985, 0.984, 0.95, 0.50])
+    diff = torch.tensor([1.0, 2.2, 5.0, 9.0])
+    assert rank_latents(auc, diff, 0.01).tolist() == [1, 0, 2, 3]  # 0.985 and 0.984 tie; 1 is stronger
+    assert rank_latents(auc, diff, 0.0).tolist() == [0, 1, 2, 3]  # exact AUROC order
