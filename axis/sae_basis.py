@@ -109,7 +109,10 @@ class FeatureAxis:
         elif self.sae is not None:
             sae = self.sae
         elif self.sae_path:
-            sae = self.sae = load_sae(self.sae_path)
+            path = Path(self.sae_path)
+            if not path.is_absolute() and not path.exists():  # relative to the repository, as exported
+                path = Path(__file__).resolve().parent.parent / path
+            sae = self.sae = load_sae(path)
         else:
             raise ValueError("No SAE attached to this feature axis: pass sae=... (object or SAELens directory).")
         if sae.cfg.d_sae != self.feature_axis.shape[0] or sae_hook(sae) != self.hook_name:

@@ -38,7 +38,7 @@ def load_sae(path: str | Path, device: str = "cpu"):
         hint = (f" It holds several SAEs: {subs}; load one of those subdirectories." if subs else
                 " Train one with scripts/train_sae.py, or pass the directory of an SAE saved with "
                 "`sae.save_model(dir)`.")
-        raise FileNotFoundError(f"{path} is not an SAELens SAE directory (needs {SAE_CFG_FILENAME} and "
+        raise FileNotFoundError(f"{path} is not an SAE directory (SAELens format needs {SAE_CFG_FILENAME} and "
                                 f"{SAE_WEIGHTS_FILENAME}).{hint}")
     key = (str(path.resolve()), str(device), (path / SAE_WEIGHTS_FILENAME).stat().st_mtime)
     sae = _CACHE.get(key)

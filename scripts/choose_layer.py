@@ -10,7 +10,8 @@ on the other half (held out), so a layer cannot win by memorising its texts:
   the default-minus-role direction; held-out AUROC and d'.
 
 The SAE should sit where both are clear and before the last third, where the stream turns toward
-next-token logits. Writes <out>/layer_scan.json and layer_scan.png; prints the JSON's summary last.
+next-token logits. Two summaries are reported: the layer whose weakest signal is strongest, and the
+layer with the largest mean d'. Writes <out>/layer_scan.json and layer_scan.png; prints the JSON's summary last.
 
     python scripts/choose_layer.py --out saes/pretrained/smollm2-default
 """
@@ -120,28 +121,37 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", default="runs/layer_scan")
     args = ap.parse_args(argv)
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # not set_grad_enabled: callers (tests) keep their grad mode
+        scan(args)
+
+
+def scan(args) -> None:
     model = load_model(args.model)
     L = model.cfg.n_layers
     names = [f"blocks.{l}.hook_resid_post" for l in range(L)]
     scans = {c: concept_scan(model, names, c, args.batch_size) for c in args.concepts.split(",") if c}
     scans["persona"] = persona_scan(model, names, args.questions, args.batch_size)
-    # one number per layer: the weakest of the signals' held-out d' (every signal must be clear)
-    worst = torch.tensor([s["d_prime"] for s in scans.values()]).min(0).values
+    # two summaries per layer: the weakest signal's held-out d' (every signal must be clear) and the mean
+    dp = torch.tensor([s["d_prime"] for s in scans.values()])
+    worst, mean = dp.min(0).values, dp.mean(0)
     inner = list(range(L // 4, 2 * L // 3))  # skip the embedding-like start and the logit-shaped end
     best = max(inner, key=lambda l: worst[l].item())
+    best_mean = max(inner, key=lambda l: mean[l].item())
     out = Path(args.out)
     summary = {"model": model_hash(model), "best_layer": best, "search_range": [inner[0], inner[-1]],
-               "min_d_prime_at_best": worst[best].item(),
+               "min_d_prime_at_best": worst[best].item(), "best_layer_mean_d_prime": best_mean,
+               "mean_d_prime_at_best_mean": mean[best_mean].item(),
                **{f"{k}_auroc_at_best": v["auroc"][best] for k, v in scans.items()}}
     write_json(out / "layer_scan.json", {"summary": summary, "scans": scans, "min_d_prime": worst.tolist(),
+                                         "mean_d_prime": mean.tolist(),
                                          "args": vars(args)})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for k, v in scans.items():
         axes[0].plot(range(L), v["d_prime"], "o-", ms=3, label=k)
         axes[1].plot(range(L), v["auroc"], "o-", ms=3, label=k)
     for ax, name in zip(axes, ("held-out d'", "held-out AUROC")):
-        ax.axvline(best, color="gray", ls="--", lw=1)
+        ax.axvline(best, color="gray", ls="--", lw=1, label=f"best weakest d' (L{best})")
+        ax.axvline(best_mean, color="gray", ls=":", lw=1, label=f"best mean d' (L{best_mean})")
         ax.set_xlabel("layer (hook_resid_post)"); ax.set_ylabel(name)
     axes[0].legend(fontsize=8)
     fig.tight_layout()

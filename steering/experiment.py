@@ -147,6 +147,7 @@ def plot_dose_response(results: list[dict], path, title: str = "") -> None:
         if base is not None:
             ax.axhline(base["metrics"][m], color="gray", ls="--", label="unsteered")
         ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(left=0)  # strengths are >= 0; symlog would otherwise show an empty negative decade
         if m == "ppl":
             ax.set_yscale("log")
         ax.set_xlabel("strength (x max activation)")

@@ -282,7 +282,7 @@ def test_bad_input_is_refused_and_model_left_unhooked(tiny, ids, sae_dir, tmp_pa
         (ValueError, "mode", lambda: Cap(HOOK, v, 1.0, mode="both")),
         (ValueError, "positions", lambda: Add(HOOK, v, positions="answer")),
         (ValueError, "positions", lambda: Add(HOOK, v, positions=[-1])),
-        (FileNotFoundError, "No SAELens SAE", lambda: Clamp(tmp_path / "nothing", {1: 1.0}).apply(tiny)),
+        (FileNotFoundError, "not an SAE directory", lambda: Clamp(tmp_path / "nothing", {1: 1.0}).apply(tiny)),
         (ValueError, "Not an intervention", lambda: from_dict({"type": "Rotate"})),
     ]
     for err, msg, make in cases:

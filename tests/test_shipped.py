@@ -1,0 +1,49 @@
+"""The artifacts committed for the embedded model: the default SAE, its concept latents, the axis."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SAE_DIR = ROOT / "saes" / "pretrained" / "smollm2-default"
+AXIS_DIR = ROOT / "axis" / "pretrained" / "smollm2-default"
+
+
+def test_default_sae_loads_in_saelens_and_meets_the_quality_bar():
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(str(SAE_DIR))
+    assert sae.cfg.d_in == 576 and sae.cfg.metadata.hook_name == "blocks.15.hook_resid_post"
+    m = json.loads((SAE_DIR / "metrics.json").read_text())
+    assert m["d_sae"] == sae.cfg.d_sae and m["n_tokens"] >= 8000
+    assert 16 <= m["l0"] <= 64 and m["fvu"] <= 0.25 and m["ce_loss_recovered"] >= 0.85 and m["dead_fraction"] < 0.10
+    x = torch.randn(3, 576) * 10
+    assert sae.decode(sae.encode(x)).shape == x.shape
+    assert (SAE_DIR / "density.png").stat().st_size > 0 and (SAE_DIR / "train_config.json").is_file()
+
+
+def test_concepts_json_names_a_latent_per_concept():
+    table = json.loads((SAE_DIR / "concepts.json").read_text())
+    d_sae = json.loads((SAE_DIR / "cfg.json").read_text())["d_sae"]
+    for name in ("golden_gate_bridge", "sycophantic_praise"):
+        c = table[name]
+        assert 0 <= c["latent"] < d_sae and c["max_activation"] > 0 and c["auroc_heldout"] >= 0.9
+
+
+def test_layer_scan_beside_the_sae():
+    scan = json.loads((SAE_DIR / "layer_scan.json").read_text())
+    assert len(scan["scans"]["persona"]["d_prime"]) == 30 and 0 <= scan["summary"]["best_layer"] < 30
+
+
+def test_shipped_axis_loads():
+    from axis.artifact import AssistantAxis
+
+    ax = AssistantAxis.load(AXIS_DIR)
+    assert tuple(ax.axis.shape) == (30, 576) and ax.role_means.shape[0] == len(ax.role_names) >= 30
+    assert ax.feature is not None and ax.feature.hook_name == "blocks.15.hook_resid_post"
+    assert 0 <= ax.stats["monitor_layer"] < 30
+    assert ax.tau(20, 25.0) <= ax.tau(20, 75.0)
+    with pytest.raises(ValueError, match="0-100"):
+        ax.tau(20, 101)
