@@ -200,6 +200,7 @@ def main():
         hooks = steering.hooks(model) if steering is not None else []
         row = evaluate(model, name, hooks, sets, gen, args, steering, specs)
         rows.append(row)
+        write_json(out / "conditions.partial.json", rows)  # a killed sweep keeps what it measured
         print(json.dumps({k: v for k, v in row.items() if k not in ("samples", "identity_labels")}))
     base = rows[0]
     for r in rows:
