@@ -153,7 +153,7 @@ def test_bad_inputs(tiny, sae, stats, tmp_path):
         check_sae(tiny, random_sae(32, 16, HOOK))
     with pytest.raises(ValueError, match="does not have"):
         check_sae(tiny, random_sae(64, 16, "blocks.9.hook_resid_post"))
-    with pytest.raises(FileNotFoundError, match="not an SAELens SAE directory"):
+    with pytest.raises(FileNotFoundError, match="not an SAE directory"):
         load_sae(tmp_path)
     with pytest.raises(ValueError, match=r"\[rows, seq\]"):
         analyze(tiny, sae, torch.zeros(5, dtype=torch.long), progress=False)
