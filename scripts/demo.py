@@ -242,7 +242,7 @@ def main(argv=None):
     ap.add_argument("--harvest-rows", type=int, default=64)
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--sae", default=None, help="SAE directory (default: the shipped smollm2-default)")
-    ap.add_argument("--sae-eval-tokens", type=int, default=4096)
+    ap.add_argument("--sae-eval-tokens", type=int, default=8192, help="the held-out rows metrics.json used")
     ap.add_argument("--clamp-prompts", type=int, default=6, help="prompts per clamping experiment")
     ap.add_argument("--clamp-tokens", type=int, default=48)
     ap.add_argument("--axis", default=str(Path(__file__).resolve().parent.parent / "axis" / "pretrained" / "smollm2-default"))
