@@ -8,7 +8,7 @@ optional SAE-basis axis, and a summary figure. `scripts/compute_axis.py` is the 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch

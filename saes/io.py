@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME
 
 from lm.io import write_json
@@ -26,7 +27,7 @@ def holds_sae(path: str | Path) -> bool:
 _CACHE: dict[tuple[str, str, float], object] = {}
 
 
-def load_sae(path: str | Path, device: str = "cpu"):
+def load_sae(path: str | Path, device: str | torch.device = "cpu"):
     """A `sae_lens.SAE` (eval mode, no grads) from a directory we or SAELens wrote; the one loader
     every package uses. Cached per (path, device, weights mtime), and it remembers its path so
     interventions built from it serialise as `{"sae": path}`."""

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from lm.chat import render  # noqa: E402
-from lm.corpus import CORPUS_DIR, load_corpus, load_prompt_bank  # noqa: E402
+from lm.corpus import load_corpus, load_prompt_bank  # noqa: E402
 from lm.generate import GenerationConfig, generate  # noqa: E402
 from lm.harvest import HarvestConfig, harvest  # noqa: E402
 from lm.model import EMBEDDED, load_model, model_hash  # noqa: E402

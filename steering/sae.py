@@ -13,16 +13,11 @@ import torch
 from jaxtyping import Float
 
 from lm.io import read_json
-from saes.io import load_sae as _load_sae
+from saes.io import load_sae  # the one loader (cached, eval, remembers its path); re-exported
 from saes.pretrained import DEFAULT_NAME, PRETRAINED_DIR
 
 DEFAULT_SAE = str(PRETRAINED_DIR / DEFAULT_NAME)  # absolute: notebooks run from notebooks/
 SUPPORTED_NORMS = ("none", "expected_average_only_in")  # both are identity at inference
-
-
-def load_sae(path: str | Path, device: str | torch.device = "cpu"):
-    """An inference-ready SAELens SAE (eval, no grads), through the one loader in `saes.io`."""
-    return _load_sae(path, device=str(device))
 
 
 def sae_path(sae) -> str | None:
