@@ -36,6 +36,7 @@ class AssistantAxis:
     stats: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     feature: object | None = None  # axis.sae_basis.FeatureAxis when computed
+    feature_band: list = field(default_factory=list)  # FeatureAxis of extra SAEs, e.g. one per band layer
 
     @property
     def n_layers(self) -> int:
@@ -97,7 +98,19 @@ class AssistantAxis:
         write_json(out / "config.json", self.config)
         if self.feature is not None:
             self.feature.save(out)
+        for fa in self.feature_band:
+            fa.save(fa.band_dir(out, fa.hook_name))
         return out
+
+    def feature_at(self, layer: int):
+        """The SAE-basis axis whose SAE reads `blocks.{layer}.hook_resid_post`."""
+        for fa in ([self.feature] if self.feature is not None else []) + self.feature_band:
+            if fa.layer == layer:
+                return fa
+        have = sorted(fa.layer for fa in ([self.feature] if self.feature is not None else []) + self.feature_band)
+        raise ValueError(f"No SAE-basis axis at layer {layer} (this axis has SAE axes at layers {have}). "
+                         "Train SAEs for those layers (scripts/train_sae.py --recipe smollm2-band) and add them "
+                         "with scripts/compute_axis.py --band-sae DIR ...")
 
     @classmethod
     def load(cls, path: str | Path, model=None) -> "AssistantAxis":
@@ -116,10 +129,14 @@ class AssistantAxis:
                  kept=t["kept"].bool(), model=meta["model"], model_name=meta["model_name"],
                  extra={k[6:]: v for k, v in t.items() if k.startswith("extra.")}, stats=meta["stats"],
                  config=read_json(cfg) if cfg.is_file() else {})
-        from axis.sae_basis import FeatureAxis
+        from axis.sae_basis import BAND_DIR, FeatureAxis
 
         if FeatureAxis.exists(path):
             ax.feature = FeatureAxis.load(path)
+        band = path / BAND_DIR
+        if band.is_dir():
+            ax.feature_band = [FeatureAxis.load(d) for d in sorted(band.iterdir()) if FeatureAxis.exists(d)]
+            ax.feature_band.sort(key=lambda fa: fa.layer)
         if model is not None:
             ax.check_model(model)
         return ax

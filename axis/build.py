@@ -8,7 +8,7 @@ optional SAE-basis axis, and a summary figure. `scripts/compute_axis.py` is the 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -45,6 +45,7 @@ class AxisConfig:
     drop_empty_roles: bool = False
     n_pcs: int = 10
     sae: str | None = None  # SAELens directory for the SAE-basis axis
+    band_saes: list[str] = field(default_factory=list)  # more SAEs (one per capping-band layer)
     feature_stats: str | None = None  # a features analysis directory with labels (optional)
     top_features: int = 20
 
@@ -143,21 +144,28 @@ def build_axis(model, cfg: AxisConfig, out_dir: str | Path, progress: bool = Tru
                            is_default=is_def, kept=kept, model=model_hash(model), model_name=name,
                            extra={"axis_unfiltered": axis_unfiltered, "pc1": p["pc1"], "role_pc1": p["role_pc1"]},
                            stats=stats, config={**cfg.to_dict(), "generation": gen.to_dict()})
-    if cfg.sae:
+    if cfg.sae or cfg.band_saes:
         from axis.sae_basis import feature_axis_from, feature_means, load_sae, raw_layer, sae_hook
 
-        sae = load_sae(cfg.sae)
-        feats = feature_means(model, sae, specs, texts, cfg.harvest_batch_size, progress)
-        result.feature = feature_axis_from(feats, labels, kept, sae, axis[raw_layer(sae_hook(sae))],
-                                           sae_path=str(cfg.sae), drop_empty=cfg.drop_empty_roles,
-                                           top=cfg.top_features, stats_dir=cfg.feature_stats)
-        fp = result.feature.projections
-        fsep = separation(fp[kept & (is_def | in_role)][:, None], is_def[kept & (is_def | in_role)])
-        result.feature.stats["separation"] = {k: float(v[0]) for k, v in fsep.items()}
+        paths = ([cfg.sae] if cfg.sae else []) + list(cfg.band_saes)
+        saes = [load_sae(p) for p in paths]
+        feats = feature_means(model, saes, specs, texts, cfg.harvest_batch_size, progress)
+        fas = []
+        for path, sae, f in zip(paths, saes, feats):
+            fa = feature_axis_from(f, labels, kept, sae, axis[raw_layer(sae_hook(sae))], sae_path=str(path),
+                                   drop_empty=cfg.drop_empty_roles, top=cfg.top_features,
+                                   stats_dir=cfg.feature_stats if path == cfg.sae else None)
+            fsep = separation(fa.projections[kept & (is_def | in_role)][:, None], is_def[kept & (is_def | in_role)])
+            fa.stats["separation"] = {k: float(v[0]) for k, v in fsep.items()}
+            fas.append(fa)
+        if cfg.sae:
+            result.feature = fas.pop(0)
+        result.feature_band = fas
     result.save(out)
     plot_axis(result, out / "axis_summary.png")
     write_json(out / "axis_summary.json", {k: stats[k] for k in ("pca", "separation", "filter", "monitor_layer")}
-               | ({"sae": result.feature.stats} if result.feature is not None else {}))
+               | ({"sae": result.feature.stats} if result.feature is not None else {})
+               | ({"sae_band": {f.hook_name: f.stats for f in result.feature_band}} if result.feature_band else {}))
     return result
 
 

@@ -55,7 +55,8 @@ class CapConfig:
     layers: list[int] = field(default_factory=list)  # empty = default_band
     percentile: float = 75.0  # of pooled per-rollout projections along +axis
     mode: str = "floor"
-    basis: str = "raw"  # "raw" (steering.Cap per band layer) | "sae" (steering.SAECap at the SAE's layer)
+    basis: str = "raw"  # "raw": steering.Cap per band layer | "sae": steering.SAECap at the axis's SAE
+    # layer, or with `layers` set, at each of those layers through its band SAE
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,6 +86,9 @@ def cap_specs(axis: AssistantAxis, cfg: CapConfig, sae=None) -> list[CapSpec]:
         layers = axis.check_layers(cfg.layers or default_band(axis.n_layers))
         return [CapSpec(f"blocks.{l}.hook_resid_post", axis.unit(l), axis.tau(l, pct), cfg.mode) for l in layers]
     if cfg.basis == "sae":
+        if cfg.layers:  # one SAE per band layer (AssistantAxis.feature_band)
+            fas = [axis.feature_at(l) for l in axis.check_layers(cfg.layers)]
+            return [CapSpec(fa.hook_name, unit(fa.feature_axis), fa.tau(pct), cfg.mode, fa.get_sae()) for fa in fas]
         fa = axis.feature
         if fa is None:
             raise ValueError("This axis has no SAE-basis axis; compute it with scripts/compute_axis.py --sae DIR.")

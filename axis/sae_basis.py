@@ -27,6 +27,7 @@ from axis.compute import cosine, default_mean, role_means, unit
 from axis.rollouts import RolloutSpec, response_tokens
 
 FILES = ("sae_axis.safetensors", "sae_axis.json")
+BAND_DIR = "sae_band"  # one FeatureAxis per extra SAE (a capping band), in sae_band/<hook>/
 
 
 def load_sae(sae):
@@ -59,14 +60,17 @@ def encode(sae, acts: Float[torch.Tensor, "... d"]) -> Float[torch.Tensor, "... 
         return sae.encode(acts.to(p.device, p.dtype)).float()
 
 
-def feature_means(model, sae, specs: list[RolloutSpec], texts: dict[str, str], batch_size: int = 16,
-                  progress: bool = True) -> Float[torch.Tensor, "n d_sae"]:
-    """Per rollout, SAE feature activations averaged over its response tokens (NaN rows: empty replies)."""
-    hook = sae_hook(sae)
-    if hook not in model.hook_dict:
-        raise ValueError(f"The SAE's hook {hook!r} does not exist in this model (layers 0..{model.cfg.n_layers - 1}).")
+def feature_means(model, saes, specs: list[RolloutSpec], texts: dict[str, str], batch_size: int = 16,
+                  progress: bool = True) -> list[Float[torch.Tensor, "n d_sae"]]:
+    """Per rollout and SAE, feature activations averaged over its response tokens (NaN rows: empty
+    replies). Several SAEs (e.g. one per layer of a capping band) share one forward pass."""
+    saes = list(saes) if isinstance(saes, (list, tuple)) else [saes]
+    hooks = [sae_hook(s) for s in saes]
+    bad = [h for h in hooks if h not in model.hook_dict]
+    if bad:
+        raise ValueError(f"The SAE hook(s) {bad} do not exist in this model (layers 0..{model.cfg.n_layers - 1}).")
     tok = model.tokenizer
-    out = torch.full((len(specs), sae.cfg.d_sae), float("nan"))
+    outs = [torch.full((len(specs), s.cfg.d_sae), float("nan")) for s in saes]
     seqs = [response_tokens(tok, s, texts[s.id]) for s in specs]
     seqs = [x if x is not None else (torch.tensor([tok.pad_token_id]), torch.zeros(1, dtype=torch.bool)) for x in seqs]
     order = sorted(range(len(specs)), key=lambda i: len(seqs[i][0]))
@@ -78,13 +82,15 @@ def feature_means(model, sae, specs: list[RolloutSpec], texts: dict[str, str], b
         for j, i in enumerate(rows):
             ids[j, :len(seqs[i][0])] = seqs[i][0]
             mask[j, :len(seqs[i][1])] = seqs[i][1]
-        feats = encode(sae, forward_batch(model, ids, [hook])[hook]).cpu()
+        acts = forward_batch(model, ids, sorted(set(hooks)))
         k = mask.sum(1)
-        means = (feats * mask[..., None]).sum(1) / k.clamp(min=1)[:, None]
-        for j, i in enumerate(rows):
-            if k[j] > 0:
-                out[i] = means[j]
-    return out
+        for sae, hook, out in zip(saes, hooks, outs):
+            feats = encode(sae, acts[hook]).cpu()
+            means = (feats * mask[..., None]).sum(1) / k.clamp(min=1)[:, None]
+            for j, i in enumerate(rows):
+                if k[j] > 0:
+                    out[i] = means[j]
+    return outs
 
 
 @dataclass
@@ -130,6 +136,11 @@ class FeatureAxis:
     @staticmethod
     def exists(path) -> bool:
         return all((Path(path) / f).is_file() for f in FILES)
+
+    @staticmethod
+    def band_dir(root, hook_name: str) -> Path:
+        """Where a band SAE's feature axis lives inside an axis directory."""
+        return Path(root) / BAND_DIR / hook_name
 
     def save(self, out_dir) -> None:
         out = Path(out_dir)

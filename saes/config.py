@@ -120,6 +120,15 @@ RECIPES: dict[str, dict[str, Any]] = {
         lr_decay_steps=400, dead_feature_window=250, checkpoint_every=200,
         harvest_tokens=250_000, train_tokens=2_000_000, eval_tokens=8_192,
     ),
+    # SAEs for the Assistant Axis capping band (layers 21-26 = 72-88% depth, axis.capping.default_band),
+    # so the SAE-basis cap can act on the same layers as the raw cap. Smaller than the default SAE
+    # (4x, 750k tokens each) to fit six on 2 CPU cores in ~20 min; one pass of the LM feeds all six.
+    "smollm2-band": dict(
+        model="smollm2-135m-instruct", hooks=[f"blocks.{l}.hook_resid_post" for l in range(21, 27)],
+        data="default", context_size=256, architecture="topk", d_sae=[2304], k=32, batch_size=1024, lr=4e-4,
+        lr_decay_steps=150, dead_feature_window=250, checkpoint_every=200,
+        harvest_tokens=150_000, train_tokens=750_000, eval_tokens=4_096,
+    ),
     # The 4-layer random tiny model (lm.testing): seconds, for tests and examples.
     "tiny": dict(
         model="tiny", hooks=["blocks.1.hook_resid_post"], data="default", context_size=32,

@@ -51,6 +51,9 @@ def parse_args():
     ap.add_argument("--axis", required=True, help="a saved axis directory (scripts/compute_axis.py)")
     ap.add_argument("--sae", default=None, help="SAE for the SAE-basis cap (default: the axis's own)")
     ap.add_argument("--no-sae", action="store_true", help="skip SAE-basis capping")
+    ap.add_argument("--sae-bands", nargs="*", default=["auto"],
+                    help="bands for SAE-basis caps through the axis's band SAEs (compute_axis.py --band-sae); "
+                         "'auto' = the layers that have one, none = only the single SAE")
     ap.add_argument("--out", default="runs/cap/latest")
     ap.add_argument("--bands", nargs="+", default=["auto"], help="'auto', 'START-END' or 'L1,L2'; several = sweep")
     ap.add_argument("--percentiles", nargs="+", type=float, default=[75.0], help="several = sweep")
@@ -153,6 +156,28 @@ def plot_steering(sweep: dict, path) -> None:
     plt.close(fig)
 
 
+def band_name(layers: list[int]) -> str:
+    contiguous = layers == list(range(layers[0], layers[-1] + 1))
+    return f"L{layers[0]}-{layers[-1]}" if contiguous and len(layers) > 1 else "L" + ",".join(map(str, layers))
+
+
+def sae_bands(axis, args) -> list[list[int]]:
+    """SAE-basis cap bands: 'auto' is every layer with a band SAE (compute_axis.py --band-sae), one band."""
+    if args.no_sae:
+        return []
+    have = [fa.layer for fa in axis.feature_band]
+    bands = []
+    for b in args.sae_bands:
+        if b == "auto":
+            bands += [have] if have else []
+        else:
+            layers = parse_band(b, axis.n_layers)
+            for l in layers:
+                axis.feature_at(l)  # fails early, naming the missing SAE
+            bands.append(layers)
+    return bands
+
+
 def main():
     args = parse_args()
     torch.set_grad_enabled(False)
@@ -180,9 +205,11 @@ def main():
     sets["neutral_nll"] = text_nll(model, sets["neutral"], max_tokens=args.neutral_tokens)
     bands = [parse_band(b, axis.n_layers) for b in args.bands]
     conditions = [("uncapped", None)]
-    conditions += [(f"raw L{b[0]}-{b[-1]} p{p:g}", CapConfig(b, p, args.mode, "raw")) for b in bands for p in args.percentiles]
+    conditions += [(f"raw {band_name(b)} p{p:g}", CapConfig(b, p, args.mode, "raw")) for b in bands for p in args.percentiles]
     if use_sae:
         conditions += [(f"sae {axis.feature.hook_name} p{p:g}", CapConfig([], p, args.mode, "sae")) for p in args.percentiles]
+    for b in sae_bands(axis, args):
+        conditions += [(f"sae {band_name(b)} p{p:g}", CapConfig(b, p, args.mode, "sae")) for p in args.percentiles]
 
     run = None
     if not args.no_wandb:

@@ -21,6 +21,7 @@ from pathlib import Path
 from lm.io import read_json, write_json
 
 from axis.build import AxisConfig, build_axis, open_model
+from axis.sae_basis import BAND_DIR
 
 EXPORT = ["axis.safetensors", "axis.json", "config.json", "sae_axis.safetensors", "sae_axis.json",
           "axis_summary.png", "axis_summary.json"]
@@ -31,6 +32,8 @@ def export(run: Path, dest: Path, transcripts: bool) -> None:
     for f in EXPORT:
         if (run / f).is_file():
             shutil.copy2(run / f, dest / f)
+    if (run / BAND_DIR).is_dir():
+        shutil.copytree(run / BAND_DIR, dest / BAND_DIR, dirs_exist_ok=True)
     rows = read_json(run / "transcripts.json")
     meta = [{k: v for k, v in r.items() if k != "text"} for r in rows]
     write_json(dest / "rollouts_meta.json", meta)
@@ -58,6 +61,8 @@ def main():
     ap.add_argument("--drop-empty-roles", action="store_true", help="drop roles the filter empties instead of failing")
     ap.add_argument("--model-name", default=None, help="fills '{model_name}' in the default prompts")
     ap.add_argument("--sae", default=None, help="SAELens SAE directory: also compute the SAE-basis axis")
+    ap.add_argument("--band-sae", nargs="+", default=[], metavar="DIR",
+                    help="more SAEs (e.g. one per capping-band layer): their feature axes go to sae_band/<hook>/")
     ap.add_argument("--feature-stats", default=None, help="features analysis dir with latent labels")
     ap.add_argument("--export", default=None, help="copy the artifact here (e.g. axis/pretrained/smollm2-default)")
     ap.add_argument("--export-transcripts", action="store_true")
@@ -72,7 +77,7 @@ def main():
         max_new_tokens=args.max_new_tokens or (128 if full else AxisConfig.max_new_tokens),
         temperature=args.temperature, top_p=args.top_p, seed=args.seed, gen_batch_size=args.gen_batch_size,
         harvest_batch_size=args.harvest_batch_size, adherence_filter=args.filter,
-        drop_empty_roles=args.drop_empty_roles, sae=args.sae, feature_stats=args.feature_stats)
+        drop_empty_roles=args.drop_empty_roles, sae=args.sae, band_saes=args.band_sae, feature_stats=args.feature_stats)
     out = Path(args.out or f"runs/axis/{Path(str(args.model)).name}")
     model = open_model(args.model, args.device)
     ax = build_axis(model, cfg, out)
@@ -88,6 +93,9 @@ def main():
                "auroc_monitor": round(s["separation"]["auroc"][s["monitor_layer"]], 3), "seconds": s["seconds"]}
     if ax.feature is not None:
         summary["sae_recon_cos_top20"] = dict(zip(ax.feature.stats["recon_k"], ax.feature.stats["recon_cos"])).get(20)
+    for fa in ax.feature_band:
+        summary[f"sae_band_L{fa.layer}"] = {"recon_cos_top20": dict(zip(fa.stats["recon_k"], fa.stats["recon_cos"])).get(20),
+                                           "auroc": round(fa.stats["separation"]["auroc"], 3)}
     print(json.dumps(summary))
 
 

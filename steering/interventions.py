@@ -225,9 +225,10 @@ class Clamp(_FeatureEdit):
         sae, hook, ids, idx, rows = self._prepare(model, self.features)
         target = self.targets()
         values = torch.tensor([target[f] for f in ids], dtype=rows.dtype, device=rows.device)
+        read = saes.feature_reader(sae, idx)
 
         def edit(x):
-            f = sae.encode(x.to(rows.dtype))[..., idx]
+            f = read(x.to(rows.dtype))
             return x + ((values - f) @ rows).to(x.dtype)
         return self._hook(sae, hook, edit)
 
@@ -262,9 +263,10 @@ class Scale(_FeatureEdit):
     def hooks(self, model):
         sae, hook, _, idx, rows = self._prepare(model, self.features)
         k = self.factor - 1.0
+        read = saes.feature_reader(sae, idx)
 
         def edit(x):
-            f = sae.encode(x.to(rows.dtype))[..., idx]
+            f = read(x.to(rows.dtype))
             return x + ((k * f) @ rows).to(x.dtype)
         return self._hook(sae, hook, edit)
 

@@ -164,6 +164,90 @@ def test_sae_cap_raises_the_feature_projection(tiny, built):
     assert 0 < cap_activity(tiny, steer, specs, [conv])["mean"] <= 1
 
 
+@pytest.fixture(scope="module")
+def band(tiny, sae_dir, tmp_path_factory):
+    """An axis with the layer-2 SAE plus band SAEs at layers 1 and 3."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    root = tmp_path_factory.mktemp("band")
+    dirs = []
+    for l in (1, 3):
+        torch.manual_seed(l)
+        sae = StandardSAE(StandardSAEConfig(d_in=64, d_sae=96, metadata=SAEMetadata(hook_name=f"blocks.{l}.hook_resid_post")))
+        with torch.no_grad():
+            sae.b_enc.fill_(0.05)
+        sae.save_model(str(root / f"sae{l}"))
+        dirs.append(str(root / f"sae{l}"))
+    cfg = AxisConfig(model="tiny", roles=["sea_captain", "house_cat"], prompts_per_role=1, n_questions=2,
+                     max_new_tokens=6, sae=sae_dir, band_saes=dirs, chunk_size=8, gen_batch_size=8)
+    return root / "axis", dirs, build_axis(tiny, cfg, root / "axis", progress=False)
+
+
+def test_band_saes_cap_every_band_layer(tiny, band):
+    """Band SAEs (one per layer) share one pass, save under sae_band/ and cap on their own layers."""
+    from axis.sae_basis import feature_means, load_sae
+
+    path, dirs, ax = band
+    assert [fa.layer for fa in ax.feature_band] == [1, 3] and ax.feature.layer == 2
+    assert (path / "sae_band" / "blocks.3.hook_resid_post" / "sae_axis.safetensors").is_file()
+    got = AssistantAxis.load(path, model=tiny)
+    assert [fa.layer for fa in got.feature_band] == [1, 3]
+    torch.testing.assert_close(got.feature_band[1].feature_axis, ax.feature_band[1].feature_axis)
+
+    # one shared pass gives what each SAE gives alone
+    from axis.rollouts import make_specs
+    from axis import data
+
+    specs = make_specs(data.select_roles(data.load_roles(), names=["house_cat"]), [None], ["Who are you?", "Hi"])
+    texts = {s.id: "I am a cat who naps all day." for s in specs}
+    both = feature_means(tiny, [load_sae(dirs[0]), load_sae(dirs[1])], specs, texts, progress=False)
+    alone = feature_means(tiny, load_sae(dirs[1]), specs, texts, progress=False)
+    assert len(both) == 2 and both[0].shape == (len(specs), 96)
+    torch.testing.assert_close(both[1], alone[0])
+
+    steer, caps = capping(got, CapConfig([1, 2, 3], 75, "floor", "sae"))
+    assert [c.hook for c in caps] == [f"blocks.{l}.hook_resid_post" for l in (1, 2, 3)]
+    assert [c.tau for c in caps] == [got.feature_at(l).tau(75) for l in (1, 2, 3)]
+    conv = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "A cat, napping in the sun."}]
+    act = cap_activity(tiny, steer, caps, [conv])
+    assert set(act["per_hook"]) == {c.hook for c in caps} and 0 <= act["mean"] <= 1
+    with pytest.raises(ValueError, match="No SAE-basis axis at layer 0"):
+        capping(got, CapConfig([0, 1], 75, "floor", "sae"))
+
+
+def test_cap_script_runs_every_condition_and_logs_to_wandb(band, tmp_path, monkeypatch, capsys):
+    """scripts/cap.py end to end on the tiny model: raw, single-SAE and band-SAE caps, steering, drift, W&B."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from steering.compare import read_offline_run
+
+    path, _, _ = band
+    spec = importlib.util.spec_from_file_location("cap", Path(__file__).parent.parent / "scripts" / "cap.py")
+    cap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cap)
+    out = tmp_path / "cap"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(sys, "argv", ["cap.py", "--model", "tiny", "--axis", str(path), "--out", str(out), "--small",
+                                      "--bands", "1-2", "--percentiles", "75"])
+    cap.main()
+    res = json.loads((out / "cap_results.json").read_text())
+    names = [r["condition"] for r in res["conditions"]]
+    assert names == ["uncapped", "raw L1-2 p75", "sae blocks.2.hook_resid_post p75", "sae L1,3 p75"]
+    assert set(res["caps"]["sae L1,3 p75"]["taus"]) == {f"blocks.{l}.hook_resid_post" for l in (1, 3)}
+    for r in res["conditions"][1:]:
+        assert 0 <= r["cap_active_ordinary"]["mean"] <= 1 and r["identity_n"] > 0
+    assert [r["strength"] for r in res["steering"]["rows"]] == [-1.0, 0.0, 1.0]
+    assert set(res["drift"]) == {"uncapped", "raw L1-2 p75"}
+    assert (out / "steering_identity.png").is_file() and (out / "drift_capped.png").is_file()
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(last["results"]) == set(names)
+    logged = read_offline_run(next((out / "wandb").glob("offline-run-*")))
+    assert logged["summary"]["sae L1,3 p75/refusal_rate"] == res["conditions"][3]["refusal_rate"]
+
+
 def make_spec():
     from axis.rollouts import RolloutSpec
 

@@ -337,3 +337,31 @@ def test_real_model_generated_positions_and_clamp_identity(smollm, tmp_path):
             moved = smollm(ids)
     assert torch.equal(clean, same) and (moved - clean).abs().max() > 1e-2
     assert unhooked(smollm)
+
+
+@pytest.mark.parametrize("b_dec_in,rescale,hooked", [(False, False, False), (True, True, False), (True, False, True)])
+def test_feature_reader_equals_sae_encode(b_dec_in, rescale, hooked):
+    """The clamp's lean TopK read (and its fallback) gives exactly what sae.encode gives."""
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+
+    from steering.sae import _plain_topk, feature_reader
+
+    torch.manual_seed(3)
+    sae = TopKSAE(TopKSAEConfig(d_in=64, d_sae=256, k=8, apply_b_dec_to_input=b_dec_in,
+                                rescale_acts_by_decoder_norm=rescale)).eval()
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.W_dec.mul_(torch.rand(256, 1) + 0.5)  # unequal decoder norms, so rescaling matters
+    if hooked:  # somebody edits the SAE's pre-activations: the lean path must step aside
+        sae.hook_sae_acts_pre.add_hook(lambda x, hook: x * 2)
+    assert _plain_topk(sae) == (not hooked)
+    x = torch.randn(3, 50, 64) * 4
+    full = sae.encode(x)
+    idx = torch.tensor(sorted(set(full[..., :].nonzero()[:, -1].tolist()))[:20] + [0, 255])
+    got = feature_reader(sae, idx)(x)
+    assert got.shape == (3, 50, len(idx))
+    assert (got > 0).sum() > 20  # the chosen features do fire
+    torch.testing.assert_close(got, full[..., idx], atol=1e-5, rtol=1e-5)
+    std = StandardSAE(StandardSAEConfig(d_in=64, d_sae=256)).eval()
+    assert not _plain_topk(std)
+    torch.testing.assert_close(feature_reader(std, idx)(x), std.encode(x)[..., idx])
