@@ -15,6 +15,7 @@ identity rate vs. strength, and the drift plot redone with capping on.
 
     .venv/bin/python scripts/cap.py --axis axis/pretrained/smollm2-default --out runs/cap/smollm2
     .venv/bin/python scripts/cap.py --model tiny --axis runs/axis/tiny --small     # smoke test
+    .venv/bin/python scripts/cap.py ... --parts steering --strengths -0.5 0 0.5   # redo one part, keep the rest
 """
 
 import argparse
@@ -28,7 +29,7 @@ import torch
 from lm.chat import as_conversation
 from lm.corpus import load_prompt_bank
 from lm.generate import GenerationConfig, generate
-from lm.io import write_json
+from lm.io import read_json, write_json
 from steering import Add
 
 from axis import data
@@ -39,6 +40,7 @@ from axis.drift import DriftConfig, monitor_layer, plot_drift, run_drift
 from axis.evals import (NeutralKL, answers, identity_rates, mc_accuracy, mean_resid_norm, refusal_rate, response_nll,
                         text_nll)
 
+PARTS = ("caps", "steering", "drift")
 SMALL = dict(n_personas=2, n_identity_questions=2, n_plain=2, n_jailbreaks=3, n_mc=4, n_nll=3, n_neutral=2,
              max_new_tokens=8, strengths=[-1.0, 0.0, 1.0], n_steer_personas=1, drift_per_domain=1, drift_turns=2,
              drift_new_tokens=8)
@@ -79,13 +81,16 @@ def parse_args():
     ap.add_argument("--drift-turns", type=int, default=8)
     ap.add_argument("--drift-new-tokens", type=int, default=64)
     ap.add_argument("--drift-layer", type=int, default=None, help="default: the axis's monitor layer")
+    ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
+                    help="what to run; results of other parts already in --out are kept")
     ap.add_argument("--small", action="store_true", help="tiny settings for a smoke test")
     ap.add_argument("--no-wandb", action="store_true")
     ap.add_argument("--wandb-project", default="steerlens")
     args = ap.parse_args()
-    if args.small:
+    if args.small:  # tiny settings, except where a flag was given explicitly
         for k, v in SMALL.items():
-            setattr(args, k, v)
+            if getattr(args, k) == ap.get_default(k):
+                setattr(args, k, v)
     for p in args.percentiles:
         if not 0 <= p <= 100:
             ap.error(f"--percentiles: {p} is outside 0-100.")
@@ -199,10 +204,7 @@ def main():
         "jailbreak": [as_conversation(j["user"], j["system"]) for j in data.load_jailbreaks()[:args.n_jailbreaks]],
         "mc": data.load_mc()[:args.n_mc],
         "neutral": data.load_neutral_text()[:args.n_neutral],
-        "heldout": heldout_answers(model, args.n_nll, gen),
     }
-    sets["kl"] = NeutralKL(model, sets["neutral"], args.neutral_tokens)  # clean log-probs computed once
-    sets["neutral_nll"] = text_nll(model, sets["neutral"], max_tokens=args.neutral_tokens)
     bands = [parse_band(b, axis.n_layers) for b in args.bands]
     conditions = [("uncapped", None)]
     conditions += [(f"raw {band_name(b)} p{p:g}", CapConfig(b, p, args.mode, "raw")) for b in bands for p in args.percentiles]
@@ -211,73 +213,95 @@ def main():
     for b in sae_bands(axis, args):
         conditions += [(f"sae {band_name(b)} p{p:g}", CapConfig(b, p, args.mode, "sae")) for p in args.percentiles]
 
+    # a run of some parts updates the others' results from an earlier run into the same --out
+    file = out / "cap_results.json"
+    result = read_json(file) if file.is_file() else {}
+    result.update({"axis": str(args.axis), "model": args.model})
+    result.setdefault("args_by_part", {}).update({part: vars(args) for part in args.parts})
     run = None
     if not args.no_wandb:
         import wandb
 
         os.environ.setdefault("WANDB_MODE", "offline")
         run = wandb.init(project=args.wandb_project, job_type="cap", dir=str(out), config=vars(args),
-                         name=f"cap-{Path(args.axis).name}")
-    rows, caps = [], {}
-    for name, cc in conditions:
-        steering = specs = None
-        if cc is not None:
-            steering, specs = capping(axis, cc, args.sae)
-            caps[name] = {"config": cc.to_dict(), "taus": {s.hook: s.tau for s in specs}}
-        hooks = steering.hooks(model) if steering is not None else []
-        row = evaluate(model, name, hooks, sets, gen, args, steering, specs)
-        rows.append(row)
-        write_json(out / "conditions.partial.json", rows)  # a killed sweep keeps what it measured
-        print(json.dumps({k: v for k, v in row.items() if k not in ("samples", "identity_labels")}))
-    base = rows[0]
-    for r in rows:
-        r["nll_rel"] = r["nll"] / base["nll"] - 1
-        r["mc_rel"] = (r["mc"] - base["mc"]) / max(base["mc"], 1e-9)
-        r["identity_gain"] = r["identity_assistant_rate"] - base["identity_assistant_rate"]
-        r["refusal_gain"] = r["refusal_rate"] - base["refusal_rate"]
-        r["capability_within_2pct"] = abs(r["nll_rel"]) <= 0.02 and abs(r["mc_rel"]) <= 0.02 and r["kl_rel_to_clean_nll"] <= 0.02
+                         name=f"cap-{Path(args.axis).name}-{'+'.join(args.parts)}")
 
-    sweep = steering_sweep(model, axis, sets, gen, args)
-    plot_steering(sweep, out / "steering_identity.png")
+    if "caps" in args.parts:
+        sets["heldout"] = heldout_answers(model, args.n_nll, gen)
+        sets["kl"] = NeutralKL(model, sets["neutral"], args.neutral_tokens)  # clean log-probs computed once
+        sets["neutral_nll"] = text_nll(model, sets["neutral"], max_tokens=args.neutral_tokens)
+        rows, caps = [], {}
+        for name, cc in conditions:
+            steering = specs = None
+            if cc is not None:
+                steering, specs = capping(axis, cc, args.sae)
+                caps[name] = {"config": cc.to_dict(), "taus": {s.hook: s.tau for s in specs}}
+            hooks = steering.hooks(model) if steering is not None else []
+            row = evaluate(model, name, hooks, sets, gen, args, steering, specs)
+            rows.append(row)
+            write_json(out / "conditions.partial.json", rows)  # a killed sweep keeps what it measured
+            print(json.dumps({k: v for k, v in row.items() if k not in ("samples", "identity_labels")}))
+        base = rows[0]
+        for r in rows:
+            r["nll_rel"] = r["nll"] / base["nll"] - 1
+            r["mc_rel"] = (r["mc"] - base["mc"]) / max(base["mc"], 1e-9)
+            r["identity_gain"] = r["identity_assistant_rate"] - base["identity_assistant_rate"]
+            r["refusal_gain"] = r["refusal_rate"] - base["refusal_rate"]
+            r["capability_within_2pct"] = abs(r["nll_rel"]) <= 0.02 and abs(r["mc_rel"]) <= 0.02 and r["kl_rel_to_clean_nll"] <= 0.02
+        result.update({"conditions": rows, "caps": caps})
+        write_json(file, result)
 
-    dl = args.drift_layer if args.drift_layer is not None else monitor_layer(axis)
-    dcfg = DriftConfig(layers=[dl], conversations_per_domain=args.drift_per_domain, n_turns=args.drift_turns,
-                       max_new_tokens=args.drift_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                       seed=args.seed, batch_size=args.batch_size)
-    convs = data.load_drift()
-    primary = conditions[1]
-    steer_primary, _ = capping(axis, primary[1], args.sae)
-    drift = {"uncapped": run_drift(model, axis, convs, dcfg, progress=False),
-             primary[0]: run_drift(model, axis, convs, dcfg, fwd_hooks=steer_primary.hooks(model), progress=False)}
-    plot_drift(drift, out / "drift_capped.png", title="Persona drift, uncapped vs capped")
+    if "steering" in args.parts:
+        result["steering"] = steering_sweep(model, axis, sets, gen, args)
+        plot_steering(result["steering"], out / "steering_identity.png")
+        write_json(file, result)
 
-    result = {"axis": str(args.axis), "model": args.model, "conditions": rows, "caps": caps, "steering": sweep,
-              "drift": {k: {"summary": v["summary"], "layers": v["layers"]} for k, v in drift.items()},
-              "args": vars(args)}
-    write_json(out / "cap_results.json", result)
-    write_json(out / "drift_transcripts.json", {k: v["conversations"] for k, v in drift.items()})
+    if "drift" in args.parts:
+        dl = args.drift_layer if args.drift_layer is not None else monitor_layer(axis)
+        dcfg = DriftConfig(layers=[dl], conversations_per_domain=args.drift_per_domain, n_turns=args.drift_turns,
+                           max_new_tokens=args.drift_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           seed=args.seed, batch_size=args.batch_size)
+        convs = data.load_drift()
+        primary = conditions[1]  # the first raw band and percentile
+        steer_primary, _ = capping(axis, primary[1], args.sae)
+        drift = {"uncapped": run_drift(model, axis, convs, dcfg, progress=False),
+                 primary[0]: run_drift(model, axis, convs, dcfg, fwd_hooks=steer_primary.hooks(model), progress=False)}
+        plot_drift(drift, out / "drift_capped.png", title="Persona drift, uncapped vs capped")
+        result["drift"] = {k: {"summary": v["summary"], "layers": v["layers"]} for k, v in drift.items()}
+        write_json(out / "drift_transcripts.json", {k: v["conversations"] for k, v in drift.items()})
+        write_json(file, result)
+
+    rows = result.get("conditions", [])
     if run is not None:
         import wandb
 
         keys = ["condition", "identity_assistant_rate", "identity_other_rate", "refusal_rate", "nll", "nll_rel", "mc",
                 "mc_rel", "kl", "kl_rel_to_clean_nll", "capability_within_2pct"]
-        table = wandb.Table(columns=keys + ["cap_active_ordinary", "cap_active_persona"])
-        for r in rows:
-            table.add_data(*[r[k] for k in keys], (r.get("cap_active_ordinary") or {}).get("mean"),
-                           (r.get("cap_active_persona") or {}).get("mean"))
-        run.log({"conditions": table, "steering_identity": wandb.Image(str(out / "steering_identity.png")),
-                 "drift_capped": wandb.Image(str(out / "drift_capped.png"))})
-        for r in sweep["rows"]:
-            run.log({"steer/strength": r["strength"], "steer/plain_assistant_rate": r["plain"]["assistant_rate"],
-                     "steer/persona_assistant_rate": r["persona"]["assistant_rate"]})
-        run.summary.update({f"{r['condition']}/{k}": r[k] for r in rows for k in keys[1:]})
+        logged = {}
+        if "caps" in args.parts:
+            table = wandb.Table(columns=keys + ["cap_active_ordinary", "cap_active_persona"])
+            for r in rows:
+                table.add_data(*[r[k] for k in keys], (r.get("cap_active_ordinary") or {}).get("mean"),
+                               (r.get("cap_active_persona") or {}).get("mean"))
+            logged["conditions"] = table
+            run.summary.update({f"{r['condition']}/{k}": r[k] for r in rows for k in keys[1:]})
+        for part, png in (("steering", "steering_identity.png"), ("drift", "drift_capped.png")):
+            if part in args.parts:
+                logged[png[:-4]] = wandb.Image(str(out / png))
+        run.log(logged)
+        if "steering" in args.parts:
+            for r in result["steering"]["rows"]:
+                run.log({"steer/strength": r["strength"], "steer/plain_assistant_rate": r["plain"]["assistant_rate"],
+                         "steer/persona_assistant_rate": r["persona"]["assistant_rate"]})
         run.finish()
     summary = {r["condition"]: {"identity": round(r["identity_assistant_rate"], 3), "refusal": round(r["refusal_rate"], 3),
                                 "nll_rel": round(r["nll_rel"], 4), "mc_rel": round(r["mc_rel"], 4),
                                 "kl": round(r["kl"], 5),
                                 "active_ordinary": round((r.get("cap_active_ordinary") or {}).get("mean", 0.0), 4)}
                for r in rows}
-    print(json.dumps({"out": str(out), "results": summary}))
+    steer = {r["strength"]: {"plain": r["plain"]["assistant_rate"], "persona": r["persona"]["assistant_rate"]}
+             for r in result.get("steering", {}).get("rows", [])}
+    print(json.dumps({"out": str(out), "parts": args.parts, "results": summary, "steering_assistant_rate": steer}))
 
 
 if __name__ == "__main__":

@@ -247,6 +247,15 @@ def test_cap_script_runs_every_condition_and_logs_to_wandb(band, tmp_path, monke
     logged = read_offline_run(next((out / "wandb").glob("offline-run-*")))
     assert logged["summary"]["sae L1,3 p75/refusal_rate"] == res["conditions"][3]["refusal_rate"]
 
+    # redoing one part keeps the others' results
+    monkeypatch.setattr(sys, "argv", ["cap.py", "--model", "tiny", "--axis", str(path), "--out", str(out), "--small",
+                                      "--parts", "steering", "--strengths", "-0.5", "0.5", "--no-wandb"])
+    cap.main()
+    again = json.loads((out / "cap_results.json").read_text())
+    assert [r["strength"] for r in again["steering"]["rows"]] == [-0.5, 0.5]
+    assert again["conditions"] == res["conditions"] and again["drift"] == res["drift"]
+    assert set(again["args_by_part"]) == {"caps", "steering", "drift"}
+
 
 def make_spec():
     from axis.rollouts import RolloutSpec
