@@ -41,7 +41,7 @@ def main():
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
