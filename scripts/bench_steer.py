@@ -1,13 +1,14 @@
 """Generation speed under steering, relative to unsteered, and the steering-vectors library as a peer.
 
-Ours: `lm.generate.generate` unsteered, with a raw `Add` and with an SAE `Clamp` (encode, set one
-feature, add back the change) at the SAE's hook. Theirs: the same raw vector through
+Ours: `lm.generate.generate` unsteered, with a raw `Add` and with an SAE `Clamp` (read one feature,
+add back the change to its target) at the SAE's hook. Theirs: the same raw vector through
 `steering_vectors.SteeringVector(...).apply(hf_model)` around a bare HF `generate`, divided by the
 same bare HF `generate` unsteered. Same prompts, fixed number of new tokens, sampling with a fixed
 seed; the five sides alternate within each repeat so machine noise hits all of them, and the best
-of the repeats counts. Speed does not depend on SAE weights, so when no trained SAE exists a
-randomly initialised TopK SAE of the default shape is used (flagged in the output). Last stdout
-line: one JSON object; "ratio" is the worse of our two ratios.
+of the repeats counts. It also times the clamp's per-step feature read, the lean TopK read
+(`steering.sae.feature_reader`) against a full `sae.encode`. Speed does not depend on SAE weights,
+so when no trained SAE exists a randomly initialised TopK SAE of the default shape is used (flagged
+in the output). Last stdout line: one JSON object; "ratio" is the worse of our two ratios.
 """
 
 import argparse
@@ -21,7 +22,7 @@ from lm.chat import left_pad, render
 from lm.generate import GenerationConfig, generate
 from lm.model import EMBEDDED, load_bare_hf, load_model
 from steering import Add, Clamp
-from steering.sae import DEFAULT_SAE, load_concepts, load_sae, sae_hook
+from steering.sae import DEFAULT_SAE, feature_reader, load_concepts, load_sae, sae_hook
 
 
 def random_sae(d_in: int, hook: str, d_sae: int, k: int):
@@ -31,6 +32,23 @@ def random_sae(d_in: int, hook: str, d_sae: int, k: int):
     torch.manual_seed(0)
     sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, metadata=SAEMetadata(hook_name=hook)))
     return sae.eval().requires_grad_(False)
+
+
+def read_cost(sae, feature: int, bs: int, d: int, n: int = 2000) -> dict:
+    """Microseconds per decoding step to read the clamped feature: lean TopK read vs `sae.encode`."""
+    p = next(sae.parameters())
+    x = torch.randn(bs, 1, d, generator=torch.Generator().manual_seed(1)).to(p.device, p.dtype) * 10
+    idx = torch.tensor([feature], device=p.device)
+    lean, full = feature_reader(sae, idx), (lambda x: sae.encode(x)[..., idx])
+    torch.testing.assert_close(lean(x), full(x), atol=1e-4, rtol=1e-4)
+    best = {}
+    for _ in range(3):
+        for name, fn in (("lean", lean), ("encode", full)):
+            t = time.perf_counter()
+            for _ in range(n):
+                fn(x)
+            best[name] = min(best.get(name, float("inf")), (time.perf_counter() - t) / n * 1e6)
+    return {"clamp_read_us_lean": round(best["lean"], 1), "clamp_read_us_encode": round(best["encode"], 1)}
 
 
 def main():
@@ -107,6 +125,7 @@ def main():
             fn()
             times[name].append(time.perf_counter() - t)
     tps = {k: bs * n / min(v) for k, v in times.items()}
+    read_us = read_cost(sae, feature, bs, model.cfg.d_model)
     result = {f"{k}_tok_s": round(v, 2) for k, v in tps.items()}
     result.update({
         "ours_add_ratio": round(tps["ours_add"] / tps["ours_unsteered"], 3),
@@ -115,6 +134,7 @@ def main():
         "hook": hook, "sae": str(args.sae) if trained else f"random-init TopK d_sae={args.d_sae} k={args.k} "
         f"(no trained SAE at {args.sae})", "sae_random_init": not trained, "batch_size": bs, "new_tokens": n,
         "repeats": args.repeats, "threads": torch.get_num_threads(), "device": str(bare.device),
+        **read_us,
     })
     result["ratio"] = min(result["ours_add_ratio"], result["ours_clamp_ratio"])
     print(json.dumps(result))

@@ -184,8 +184,11 @@ def sae_bands(axis, args) -> list[list[int]]:
 
 
 def main():
-    args = parse_args()
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # not set_grad_enabled: callers (tests) keep their grad mode
+        run_cap(parse_args())
+
+
+def run_cap(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = open_model(args.model, args.device)

@@ -233,6 +233,7 @@ def test_cap_script_runs_every_condition_and_logs_to_wandb(band, tmp_path, monke
     monkeypatch.setattr(sys, "argv", ["cap.py", "--model", "tiny", "--axis", str(path), "--out", str(out), "--small",
                                       "--bands", "1-2", "--percentiles", "75"])
     cap.main()
+    assert torch.is_grad_enabled()  # the script must not switch off autograd for later tests
     res = json.loads((out / "cap_results.json").read_text())
     names = [r["condition"] for r in res["conditions"]]
     assert names == ["uncapped", "raw L1-2 p75", "sae blocks.2.hook_resid_post p75", "sae L1,3 p75"]
