@@ -232,7 +232,12 @@ def test_cap_script_runs_every_condition_and_logs_to_wandb(band, tmp_path, monke
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setattr(sys, "argv", ["cap.py", "--model", "tiny", "--axis", str(path), "--out", str(out), "--small",
                                       "--bands", "1-2", "--percentiles", "75"])
-    cap.main()
+    import wandb
+
+    try:
+        cap.main()
+    finally:
+        wandb.teardown()  # later tests set their own W&B environment, which a live session would ignore
     assert torch.is_grad_enabled()  # the script must not switch off autograd for later tests
     res = json.loads((out / "cap_results.json").read_text())
     names = [r["condition"] for r in res["conditions"]]
