@@ -104,10 +104,11 @@ class AssistantAxis:
 
     def feature_at(self, layer: int):
         """The SAE-basis axis whose SAE reads `blocks.{layer}.hook_resid_post`."""
-        for fa in ([self.feature] if self.feature is not None else []) + self.feature_band:
+        axes = ([self.feature] if self.feature is not None else []) + self.feature_band
+        for fa in axes:
             if fa.layer == layer:
                 return fa
-        have = sorted(fa.layer for fa in ([self.feature] if self.feature is not None else []) + self.feature_band)
+        have = sorted(fa.layer for fa in axes)
         raise ValueError(f"No SAE-basis axis at layer {layer} (this axis has SAE axes at layers {have}). "
                          "Train SAEs for those layers (scripts/train_sae.py --recipe smollm2-band) and add them "
                          "with scripts/compute_axis.py --band-sae DIR ...")
@@ -135,8 +136,8 @@ class AssistantAxis:
             ax.feature = FeatureAxis.load(path)
         band = path / BAND_DIR
         if band.is_dir():
-            ax.feature_band = [FeatureAxis.load(d) for d in sorted(band.iterdir()) if FeatureAxis.exists(d)]
-            ax.feature_band.sort(key=lambda fa: fa.layer)
+            ax.feature_band = sorted((FeatureAxis.load(d) for d in band.iterdir() if FeatureAxis.exists(d)),
+                                     key=lambda fa: fa.layer)
         if model is not None:
             ax.check_model(model)
         return ax

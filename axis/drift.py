@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from pathlib import Path
+
 import torch
 from tqdm.auto import tqdm
 
@@ -184,8 +186,6 @@ def plot_drift(results: dict[str, dict], path, layer: int | None = None, title: 
     ax.set_title(title or "Persona drift by conversation domain")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    from pathlib import Path
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -183,6 +183,48 @@ def sae_bands(axis, args) -> list[list[int]]:
     return bands
 
 
+def evaluate_caps(model, axis, conditions, sets, gen, args, out: Path) -> dict:
+    """Every cap condition on the same prompts and seeds, with capability relative to uncapped."""
+    sets["heldout"] = heldout_answers(model, args.n_nll, gen)
+    sets["kl"] = NeutralKL(model, sets["neutral"], args.neutral_tokens)  # clean log-probs computed once
+    sets["neutral_nll"] = text_nll(model, sets["neutral"], max_tokens=args.neutral_tokens)
+    rows, caps = [], {}
+    for name, cc in conditions:
+        steering = specs = None
+        if cc is not None:
+            steering, specs = capping(axis, cc, args.sae)
+            caps[name] = {"config": cc.to_dict(), "taus": {s.hook: s.tau for s in specs}}
+        hooks = steering.hooks(model) if steering is not None else []
+        row = evaluate(model, name, hooks, sets, gen, args, steering, specs)
+        rows.append(row)
+        write_json(out / "conditions.partial.json", rows)  # a killed sweep keeps what it measured
+        print(json.dumps({k: v for k, v in row.items() if k not in ("samples", "identity_labels")}))
+    base = rows[0]
+    for r in rows:
+        r["nll_rel"] = r["nll"] / base["nll"] - 1
+        r["mc_rel"] = (r["mc"] - base["mc"]) / max(base["mc"], 1e-9)
+        r["identity_gain"] = r["identity_assistant_rate"] - base["identity_assistant_rate"]
+        r["refusal_gain"] = r["refusal_rate"] - base["refusal_rate"]
+        r["capability_within_2pct"] = abs(r["nll_rel"]) <= 0.02 and abs(r["mc_rel"]) <= 0.02 and r["kl_rel_to_clean_nll"] <= 0.02
+    return {"conditions": rows, "caps": caps}
+
+
+def drift_with_cap(model, axis, condition, gen, args, out: Path) -> dict:
+    """The drift conversations uncapped and under one cap condition; plot and transcripts in `out`."""
+    dl = args.drift_layer if args.drift_layer is not None else monitor_layer(axis)
+    dcfg = DriftConfig(layers=[dl], conversations_per_domain=args.drift_per_domain, n_turns=args.drift_turns,
+                       max_new_tokens=args.drift_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
+                       seed=gen.seed, batch_size=gen.batch_size)
+    convs = data.load_drift()
+    name, cc = condition
+    steer, _ = capping(axis, cc, args.sae)
+    drift = {"uncapped": run_drift(model, axis, convs, dcfg, progress=False),
+             name: run_drift(model, axis, convs, dcfg, fwd_hooks=steer.hooks(model), progress=False)}
+    plot_drift(drift, out / "drift_capped.png", title="Persona drift, uncapped vs capped")
+    write_json(out / "drift_transcripts.json", {k: v["conversations"] for k, v in drift.items()})
+    return {k: {"summary": v["summary"], "layers": v["layers"]} for k, v in drift.items()}
+
+
 def main():
     with torch.no_grad():  # not set_grad_enabled: callers (tests) keep their grad mode
         run_cap(parse_args())
@@ -230,28 +272,7 @@ def run_cap(args):
                          name=f"cap-{Path(args.axis).name}-{'+'.join(args.parts)}")
 
     if "caps" in args.parts:
-        sets["heldout"] = heldout_answers(model, args.n_nll, gen)
-        sets["kl"] = NeutralKL(model, sets["neutral"], args.neutral_tokens)  # clean log-probs computed once
-        sets["neutral_nll"] = text_nll(model, sets["neutral"], max_tokens=args.neutral_tokens)
-        rows, caps = [], {}
-        for name, cc in conditions:
-            steering = specs = None
-            if cc is not None:
-                steering, specs = capping(axis, cc, args.sae)
-                caps[name] = {"config": cc.to_dict(), "taus": {s.hook: s.tau for s in specs}}
-            hooks = steering.hooks(model) if steering is not None else []
-            row = evaluate(model, name, hooks, sets, gen, args, steering, specs)
-            rows.append(row)
-            write_json(out / "conditions.partial.json", rows)  # a killed sweep keeps what it measured
-            print(json.dumps({k: v for k, v in row.items() if k not in ("samples", "identity_labels")}))
-        base = rows[0]
-        for r in rows:
-            r["nll_rel"] = r["nll"] / base["nll"] - 1
-            r["mc_rel"] = (r["mc"] - base["mc"]) / max(base["mc"], 1e-9)
-            r["identity_gain"] = r["identity_assistant_rate"] - base["identity_assistant_rate"]
-            r["refusal_gain"] = r["refusal_rate"] - base["refusal_rate"]
-            r["capability_within_2pct"] = abs(r["nll_rel"]) <= 0.02 and abs(r["mc_rel"]) <= 0.02 and r["kl_rel_to_clean_nll"] <= 0.02
-        result.update({"conditions": rows, "caps": caps})
+        result.update(evaluate_caps(model, axis, conditions, sets, gen, args, out))
         write_json(file, result)
 
     if "steering" in args.parts:
@@ -260,18 +281,7 @@ def run_cap(args):
         write_json(file, result)
 
     if "drift" in args.parts:
-        dl = args.drift_layer if args.drift_layer is not None else monitor_layer(axis)
-        dcfg = DriftConfig(layers=[dl], conversations_per_domain=args.drift_per_domain, n_turns=args.drift_turns,
-                           max_new_tokens=args.drift_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                           seed=args.seed, batch_size=args.batch_size)
-        convs = data.load_drift()
-        primary = conditions[1]  # the first raw band and percentile
-        steer_primary, _ = capping(axis, primary[1], args.sae)
-        drift = {"uncapped": run_drift(model, axis, convs, dcfg, progress=False),
-                 primary[0]: run_drift(model, axis, convs, dcfg, fwd_hooks=steer_primary.hooks(model), progress=False)}
-        plot_drift(drift, out / "drift_capped.png", title="Persona drift, uncapped vs capped")
-        result["drift"] = {k: {"summary": v["summary"], "layers": v["layers"]} for k, v in drift.items()}
-        write_json(out / "drift_transcripts.json", {k: v["conversations"] for k, v in drift.items()})
+        result["drift"] = drift_with_cap(model, axis, conditions[1], gen, args, out)  # the first raw band
         write_json(file, result)
 
     rows = result.get("conditions", [])

@@ -91,10 +91,13 @@ def main():
                "cos_axis_pc1_mid": round(s["pca"]["cos_axis_pc1"][mid], 3),
                "cos_filtered_unfiltered_min": round(min(s["filter"]["cos_axis_filtered_vs_unfiltered"]), 3),
                "auroc_monitor": round(s["separation"]["auroc"][s["monitor_layer"]], 3), "seconds": s["seconds"]}
+    def recon_top20(fa):
+        return dict(zip(fa.stats["recon_k"], fa.stats["recon_cos"])).get(20)
+
     if ax.feature is not None:
-        summary["sae_recon_cos_top20"] = dict(zip(ax.feature.stats["recon_k"], ax.feature.stats["recon_cos"])).get(20)
+        summary["sae_recon_cos_top20"] = recon_top20(ax.feature)
     for fa in ax.feature_band:
-        summary[f"sae_band_L{fa.layer}"] = {"recon_cos_top20": dict(zip(fa.stats["recon_k"], fa.stats["recon_cos"])).get(20),
+        summary[f"sae_band_L{fa.layer}"] = {"recon_cos_top20": recon_top20(fa),
                                            "auroc": round(fa.stats["separation"]["auroc"], 3)}
     print(json.dumps(summary))
 
