@@ -5,6 +5,10 @@ axis and tau a percentile of per-rollout mean projections pooled over role and d
 their best setting is a floor at the 75th percentile along +axis, on layers at ~70-90% depth. The
 interventions themselves are `steering.Cap` / `steering.SAECap`; this module picks band and tau.
 
+`CapConfig.window`/`gain` are our extension (steering.window): measure the mean projection over
+the last W tokens, the statistic tau is calibrated on, and push every token by gain x its shortfall.
+window=0, gain=1 is the paper's cap.
+
 A good cap is gentle: it should be inactive on most tokens of ordinary assistant answers. We count
 that with a plain TransformerLens hook registered just before each cap at the same hook point
 (hooks run in registration order), which sees the pre-cap projection and records where
@@ -21,6 +25,7 @@ from jaxtyping import Bool, Float
 from lm.chat import render
 from lm.harvest import forward_batch
 from steering import Cap, SAECap, Steering
+from steering.window import WindowMean, check_window, shortfall
 
 from axis.artifact import AssistantAxis
 from axis.compute import unit
@@ -57,6 +62,8 @@ class CapConfig:
     mode: str = "floor"
     basis: str = "raw"  # "raw": steering.Cap per band layer | "sae": steering.SAECap at the axis's SAE
     # layer, or with `layers` set, at each of those layers through its band SAE
+    window: int = 0  # 0: each token's projection (the paper); W: mean over the last W tokens (steering.window)
+    gain: float = 1.0  # push = gain x shortfall below tau (1 = the paper's lift to tau)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +77,8 @@ class CapSpec:
     tau: float
     mode: str
     sae: object | None = None  # set for SAE-basis caps: project encode(h) instead of h
+    window: int = 0
+    gain: float = 1.0
 
 
 def check_percentile(p) -> float:
@@ -80,25 +89,28 @@ def check_percentile(p) -> float:
 
 def cap_specs(axis: AssistantAxis, cfg: CapConfig, sae=None) -> list[CapSpec]:
     pct = check_percentile(cfg.percentile)
+    w, g = check_window(cfg.window, cfg.gain)
     if cfg.mode not in ("floor", "ceiling"):
         raise ValueError(f"mode must be 'floor' or 'ceiling', got {cfg.mode!r}.")
     if cfg.basis == "raw":
         layers = axis.check_layers(cfg.layers or default_band(axis.n_layers))
-        return [CapSpec(f"blocks.{l}.hook_resid_post", axis.unit(l), axis.tau(l, pct), cfg.mode) for l in layers]
+        return [CapSpec(f"blocks.{l}.hook_resid_post", axis.unit(l), axis.tau(l, pct), cfg.mode, None, w, g)
+                for l in layers]
     if cfg.basis == "sae":
         if cfg.layers:  # one SAE per band layer (AssistantAxis.feature_band)
             fas = [axis.feature_at(l) for l in axis.check_layers(cfg.layers)]
-            return [CapSpec(fa.hook_name, unit(fa.feature_axis), fa.tau(pct), cfg.mode, fa.get_sae()) for fa in fas]
+            return [CapSpec(fa.hook_name, unit(fa.feature_axis), fa.tau(pct), cfg.mode, fa.get_sae(), w, g)
+                    for fa in fas]
         fa = axis.feature
         if fa is None:
             raise ValueError("This axis has no SAE-basis axis; compute it with scripts/compute_axis.py --sae DIR.")
-        return [CapSpec(fa.hook_name, unit(fa.feature_axis), fa.tau(pct), cfg.mode, fa.get_sae(sae))]
+        return [CapSpec(fa.hook_name, unit(fa.feature_axis), fa.tau(pct), cfg.mode, fa.get_sae(sae), w, g)]
     raise ValueError(f"basis must be 'raw' or 'sae', got {cfg.basis!r}.")
 
 
 def intervention(specs: list[CapSpec]) -> Steering:
-    caps = [SAECap(s.sae, s.direction, s.tau, s.mode) if s.sae is not None else Cap(s.hook, s.direction, s.tau, s.mode)
-            for s in specs]
+    caps = [SAECap(s.sae, s.direction, s.tau, s.mode, window=s.window, gain=s.gain) if s.sae is not None
+            else Cap(s.hook, s.direction, s.tau, s.mode, window=s.window, gain=s.gain) for s in specs]
     return Steering(caps)
 
 
@@ -116,6 +128,8 @@ class CapMonitor:
         self.active: dict[str, Bool[torch.Tensor, "b s"]] = {}
 
     def _hook(self, spec: CapSpec):
+        measure = WindowMean(spec.window) if spec.window else None
+
         def count(x, hook):
             with torch.no_grad():
                 if spec.sae is not None:
@@ -123,7 +137,7 @@ class CapMonitor:
                     proj = spec.sae.encode(x.to(p.dtype)) @ spec.direction.to(p.device, p.dtype)
                 else:
                     proj = x @ spec.direction.to(x.device, x.dtype)
-            self.active[spec.hook] = ((proj < spec.tau) if spec.mode == "floor" else (proj > spec.tau)).cpu()
+            self.active[spec.hook] = (shortfall(proj, spec.tau, spec.mode, measure) > 0).cpu()
             return x
         return count
 

@@ -152,7 +152,8 @@ def generate(
         ids, att = ids.to(device), att.to(device)
         torch.manual_seed(cfg.seed + b)  # per-batch seed: reproducible for a fixed batching
         sample = cfg.temperature > 0
-        with torch.no_grad(), hooked_runner(model, fwd_hooks) as runner, tracking(runner, ids.shape[1]):
+        with torch.no_grad(), hooked_runner(model, fwd_hooks) as runner, tracking(runner, ids.shape[1]) as st:
+            st.extra["first_token"] = (att == 0).sum(1)  # each row's first real position (left padding)
             seqs = runner.generate(
                 input_ids=ids, attention_mask=att, max_new_tokens=cfg.max_new_tokens,
                 min_new_tokens=cfg.min_new_tokens or None, do_sample=sample, temperature=cfg.temperature if sample else None,

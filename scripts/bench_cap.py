@@ -1,5 +1,6 @@
 """Generation speed with activation capping on vs off: raw basis (steering.Cap on a band of layers)
-and SAE basis (steering.SAECap at the SAE's layer), in one run.
+and SAE basis (steering.SAECap at the SAE's layer), in one run; also the windowed raw cap
+(steering.window: the mean over the last --window tokens, kept across KV-cached steps).
 
 The three sides sample the same prompts with a fixed number of new tokens and alternate (uncapped,
 raw, sae, uncapped, ...) so machine noise hits all of them; the best of --repeats is kept. Cap cost
@@ -40,6 +41,7 @@ def main():
     ap.add_argument("--sae", default=None)
     ap.add_argument("--band", default="auto")
     ap.add_argument("--percentile", type=float, default=75.0)
+    ap.add_argument("--window", type=int, default=256, help="for the windowed raw cap")
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
@@ -53,6 +55,7 @@ def main():
     if args.axis:
         axis = AssistantAxis.load(args.axis, model)
         raw, _ = capping(axis, CapConfig(band, args.percentile, "floor", "raw"))
+        windowed, _ = capping(axis, CapConfig(band, args.percentile, "floor", "raw", args.window))
         if axis.feature is not None and not args.sae:
             sae_cap, _ = capping(axis, CapConfig([], args.percentile, "floor", "sae"))
         else:
@@ -60,13 +63,15 @@ def main():
             sae_cap = Steering([SAECap(sae, torch.randn(sae.cfg.d_sae), 0.0)])
     else:
         g = torch.Generator().manual_seed(0)
-        raw = Steering([Cap(f"blocks.{l}.hook_resid_post", torch.randn(d, generator=g), 0.0) for l in band])
+        dirs = [torch.randn(d, generator=g) for _ in band]
+        raw = Steering([Cap(f"blocks.{l}.hook_resid_post", v, 0.0) for l, v in zip(band, dirs)])
+        windowed = Steering([Cap(f"blocks.{l}.hook_resid_post", v, 0.0, window=args.window) for l, v in zip(band, dirs)])
         sae = load_sae(sae_dir) if sae_dir else random_sae(d, n_layers // 2)
         sae_cap = Steering([SAECap(sae, torch.randn(sae.cfg.d_sae, generator=g), 0.0)])
     n, bs = args.new_tokens, args.batch_size
     prompts = [f"Tell me one surprising fact about topic number {i}." for i in range(bs)]
     cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, temperature=0.7, top_p=0.9, batch_size=bs)
-    sides = {"uncapped": [], "raw": raw.hooks(model), "sae": sae_cap.hooks(model)}
+    sides = {"uncapped": [], "raw": raw.hooks(model), "sae": sae_cap.hooks(model), "windowed": windowed.hooks(model)}
 
     def run(hooks):
         generate(model, prompts, cfg, fwd_hooks=hooks, progress=False, seed=0)
@@ -82,7 +87,9 @@ def main():
     tps = {k: bs * n / min(v) for k, v in times.items()}
     print(json.dumps({
         "ratio": round(tps["raw"] / tps["uncapped"], 3), "sae_ratio": round(tps["sae"] / tps["uncapped"], 3),
+        "windowed_ratio": round(tps["windowed"] / tps["uncapped"], 3),
         "uncapped_tok_s": round(tps["uncapped"], 2), "raw_tok_s": round(tps["raw"], 2), "sae_tok_s": round(tps["sae"], 2),
+        "windowed_tok_s": round(tps["windowed"], 2), "window": args.window,
         "band": [band[0], band[-1]], "sae_hook": sides["sae"][0][0],
         "batch_size": bs, "new_tokens": n, "axis": args.axis, "sae": sae_dir or "random",
     }))

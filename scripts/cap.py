@@ -16,6 +16,7 @@ identity rate vs. strength, and the drift plot redone with capping on.
     .venv/bin/python scripts/cap.py --axis axis/pretrained/smollm2-default --out runs/cap/smollm2
     .venv/bin/python scripts/cap.py --model tiny --axis runs/axis/tiny --small     # smoke test
     .venv/bin/python scripts/cap.py ... --parts steering --strengths -0.5 0 0.5   # redo one part, keep the rest
+    .venv/bin/python scripts/cap.py ... --bands 15 --windows 32 --gains 4 8      # windowed caps (steering.window)
 """
 
 import argparse
@@ -60,6 +61,10 @@ def parse_args():
     ap.add_argument("--bands", nargs="+", default=["auto"], help="'auto', 'START-END' or 'L1,L2'; several = sweep")
     ap.add_argument("--percentiles", nargs="+", type=float, default=[75.0], help="several = sweep")
     ap.add_argument("--mode", default="floor", choices=["floor", "ceiling"])
+    ap.add_argument("--windows", nargs="+", type=int, default=[0],
+                    help="0 = each token's projection (the paper); W = mean over the last W tokens; several = sweep")
+    ap.add_argument("--gains", nargs="+", type=float, default=[1.0],
+                    help="push = gain x shortfall below tau (1 = the paper); several = sweep")
     ap.add_argument("--n-personas", type=int, default=12)
     ap.add_argument("--n-identity-questions", type=int, default=5)
     ap.add_argument("--n-plain", type=int, default=15, help="identity questions without persona (steering)")
@@ -94,6 +99,8 @@ def parse_args():
     for p in args.percentiles:
         if not 0 <= p <= 100:
             ap.error(f"--percentiles: {p} is outside 0-100.")
+    if any(w < 0 for w in args.windows) or any(not g > 0 for g in args.gains):
+        ap.error("--windows must be >= 0 (0 = per token) and --gains > 0.")
     return args
 
 
@@ -251,12 +258,17 @@ def run_cap(args):
         "neutral": data.load_neutral_text()[:args.n_neutral],
     }
     bands = [parse_band(b, axis.n_layers) for b in args.bands]
+    shapes = [(w, g) for w in args.windows for g in args.gains]
+
+    def named(kind, where, layers, p):
+        return [(f"{kind} {where} p{p:g}" + (f" w{w}" if w else "") + (f" g{g:g}" if g != 1 else ""),
+                 CapConfig(layers, p, args.mode, kind, w, g)) for w, g in shapes]
     conditions = [("uncapped", None)]
-    conditions += [(f"raw {band_name(b)} p{p:g}", CapConfig(b, p, args.mode, "raw")) for b in bands for p in args.percentiles]
+    conditions += [c for b in bands for p in args.percentiles for c in named("raw", band_name(b), b, p)]
     if use_sae:
-        conditions += [(f"sae {axis.feature.hook_name} p{p:g}", CapConfig([], p, args.mode, "sae")) for p in args.percentiles]
+        conditions += [c for p in args.percentiles for c in named("sae", axis.feature.hook_name, [], p)]
     for b in sae_bands(axis, args):
-        conditions += [(f"sae {band_name(b)} p{p:g}", CapConfig(b, p, args.mode, "sae")) for p in args.percentiles]
+        conditions += [c for p in args.percentiles for c in named("sae", band_name(b), b, p)]
 
     # a run of some parts updates the others' results from an earlier run into the same --out
     file = out / "cap_results.json"

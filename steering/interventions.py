@@ -31,6 +31,7 @@ from jaxtyping import Float
 from lm.io import read_json, write_json
 from steering import sae as saes
 from steering.positions import Positions, check_positions, edit_hook
+from steering.window import WindowMean, check_window, shortfall
 
 MODES = ("floor", "ceiling")
 D_MODEL_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "hook_embed")
@@ -60,6 +61,17 @@ def _mode(mode: str, what: str) -> str:
     if mode not in MODES:
         raise ValueError(f"{what}: mode={mode!r}, use 'floor' (raise projections below tau) or 'ceiling'.")
     return mode
+
+
+def _window(window, gain, positions, what: str) -> tuple[int, float]:
+    try:
+        window, gain = check_window(window, gain)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+    if window and positions != "all":
+        raise ValueError(f"{what}: a windowed cap (window={window}) averages consecutive tokens, so it needs "
+                         f"positions='all' (got {positions!r}).")
+    return window, gain
 
 
 def _place(model) -> tuple[torch.device, torch.dtype]:
@@ -139,34 +151,41 @@ class Add(Intervention):
 
 @dataclass(eq=False)
 class Cap(Intervention):
-    """Keep the projection on a unit direction at least (floor) or at most (ceiling) tau."""
+    """Keep the projection on a unit direction at least (floor) or at most (ceiling) tau.
+
+    `window=0` measures each token's own projection (Lu et al.); `window=W` measures the mean over
+    the last W tokens and moves every token by `gain` times its shortfall (steering.window)."""
 
     hook: str
     direction: Float[torch.Tensor, " d"]
     tau: float
     mode: str = "floor"
     positions: Positions = "all"
+    window: int = 0
+    gain: float = 1.0
 
     def __post_init__(self):
         self.direction = _vector(self.direction, "Cap.direction", nonzero=True)
         self.tau = _finite(self.tau, "Cap.tau")
         self.mode = _mode(self.mode, "Cap")
         self.positions = check_positions(self.positions)
+        self.window, self.gain = _window(self.window, self.gain, self.positions, "Cap")
 
     def hooks(self, model):
         d = len(self.direction)
         _check_hook(model, self.hook, d, "Cap")
         device, dtype = _place(model)
         v = F.normalize(self.direction, dim=0).to(device, dtype)
-        tau, sign = self.tau, 1.0 if self.mode == "floor" else -1.0
+        tau, sign, gain = self.tau, 1.0 if self.mode == "floor" else -1.0, self.gain
+        measure = WindowMean(self.window) if self.window else None
 
         def edit(x):
-            return x + v * F.relu(sign * (tau - x @ v)).unsqueeze(-1) * sign
+            return x + v * (sign * gain * shortfall(x @ v, tau, self.mode, measure)).unsqueeze(-1)
         return [(self.hook, edit_hook(edit, self.positions, d, "Cap"))]
 
     def to_dict(self):
         return {"type": "Cap", "hook": self.hook, "direction": self.direction.tolist(), "tau": self.tau,
-                "mode": self.mode, "positions": self.positions}
+                "mode": self.mode, "positions": self.positions, "window": self.window, "gain": self.gain}
 
 
 class _FeatureEdit(Intervention):
@@ -327,12 +346,15 @@ class SAECap(_FeatureEdit):
     mode: str = "floor"
     positions: Positions = "all"
     hook: str | None = None
+    window: int = 0  # as in Cap
+    gain: float = 1.0
 
     def __post_init__(self):
         self.feature_axis = _vector(self.feature_axis, "SAECap.feature_axis", nonzero=True)
         self.tau = _finite(self.tau, "SAECap.tau")
         self.mode = _mode(self.mode, "SAECap")
         self.positions = check_positions(self.positions)
+        self.window, self.gain = _window(self.window, self.gain, self.positions, "SAECap")
 
     def hooks(self, model):
         sae, hook = saes.prepare(self.sae, model, self.hook, "SAECap")
@@ -341,16 +363,18 @@ class SAECap(_FeatureEdit):
         all_rows = saes.decoder_rows(sae, torch.arange(sae.cfg.d_sae, device=sae.W_dec.device))
         a = F.normalize(self.feature_axis, dim=0).to(all_rows.device, all_rows.dtype)
         a_dec = a @ all_rows  # what one unit along the axis adds to the reconstruction
-        tau, sign = self.tau, 1.0 if self.mode == "floor" else -1.0
+        tau, sign, gain = self.tau, 1.0 if self.mode == "floor" else -1.0, self.gain
+        measure = WindowMean(self.window) if self.window else None
 
         def edit(x):
-            p = sae.encode(x.to(a.dtype)) @ a
-            return x + (F.relu(sign * (tau - p)).unsqueeze(-1) * sign * a_dec).to(x.dtype)
+            push = sign * gain * shortfall(sae.encode(x.to(a.dtype)) @ a, tau, self.mode, measure)
+            return x + (push.unsqueeze(-1) * a_dec).to(x.dtype)
         return self._hook(sae, hook, edit)
 
     def to_dict(self):
         return {"type": "SAECap", "sae": _sae_field(self.sae), "feature_axis": self.feature_axis.tolist(),
-                "tau": self.tau, "mode": self.mode, "positions": self.positions, "hook": self.hook}
+                "tau": self.tau, "mode": self.mode, "positions": self.positions, "hook": self.hook,
+                "window": self.window, "gain": self.gain}
 
 
 @dataclass(eq=False)

@@ -147,6 +147,14 @@ def test_cap_floors_the_projection_and_counts_activity(tiny, built):
     # the monitor is registered before the cap it watches at the same hook point
     hooks = CapMonitor(specs).hooks(tiny, steer)
     assert [h for h, _ in hooks] == [name, name, "blocks.2.hook_resid_post", "blocks.2.hook_resid_post"]
+    # a windowed cap fires where the mean of the last W projections (first token skipped) is below tau
+    wsteer, wspecs = capping(ax, CapConfig(layers=[1], percentile=75, window=3, gain=2.0))
+    assert (wsteer.interventions[0].window, wsteer.interventions[0].gain, wspecs[0].window) == (3, 2.0, 3)
+    means = torch.stack([clean[max(1, j - 2):j + 1].mean() if j else clean[0] for j in range(len(clean))])
+    expect = float(((means < tau1) & mask).sum()) / int(mask.sum())
+    assert cap_activity(tiny, wsteer, wspecs, [conv])["per_hook"][name] == pytest.approx(expect)
+    with pytest.raises(ValueError, match="window=-1"):
+        capping(ax, CapConfig(layers=[1], window=-1))
 
 
 def test_sae_cap_raises_the_feature_projection(tiny, built):
@@ -231,7 +239,7 @@ def test_cap_script_runs_every_condition_and_logs_to_wandb(band, tmp_path, monke
     out = tmp_path / "cap"
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setattr(sys, "argv", ["cap.py", "--model", "tiny", "--axis", str(path), "--out", str(out), "--small",
-                                      "--bands", "1-2", "--percentiles", "75"])
+                                      "--bands", "1-2", "--percentiles", "75", "--windows", "0", "4"])
     import wandb
 
     try:
@@ -241,7 +249,9 @@ def test_cap_script_runs_every_condition_and_logs_to_wandb(band, tmp_path, monke
     assert torch.is_grad_enabled()  # the script must not switch off autograd for later tests
     res = json.loads((out / "cap_results.json").read_text())
     names = [r["condition"] for r in res["conditions"]]
-    assert names == ["uncapped", "raw L1-2 p75", "sae blocks.2.hook_resid_post p75", "sae L1,3 p75"]
+    assert names == ["uncapped", "raw L1-2 p75", "raw L1-2 p75 w4", "sae blocks.2.hook_resid_post p75",
+                     "sae blocks.2.hook_resid_post p75 w4", "sae L1,3 p75", "sae L1,3 p75 w4"]
+    assert res["caps"]["raw L1-2 p75 w4"]["config"]["window"] == 4
     assert set(res["caps"]["sae L1,3 p75"]["taus"]) == {f"blocks.{l}.hook_resid_post" for l in (1, 3)}
     for r in res["conditions"][1:]:
         assert 0 <= r["cap_active_ordinary"]["mean"] <= 1 and r["identity_n"] > 0
@@ -251,7 +261,7 @@ def test_cap_script_runs_every_condition_and_logs_to_wandb(band, tmp_path, monke
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(last["results"]) == set(names)
     logged = read_offline_run(next((out / "wandb").glob("offline-run-*")))
-    assert logged["summary"]["sae L1,3 p75/refusal_rate"] == res["conditions"][3]["refusal_rate"]
+    assert logged["summary"]["sae L1,3 p75/refusal_rate"] == res["conditions"][5]["refusal_rate"]
 
     # redoing one part keeps the others' results
     monkeypatch.setattr(sys, "argv", ["cap.py", "--model", "tiny", "--axis", str(path), "--out", str(out), "--small",

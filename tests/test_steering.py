@@ -208,6 +208,61 @@ def test_kv_cached_generation_matches_no_cache_reference(tiny, sae_dir, kind, po
     assert moved[:, first:].any() and not moved[:, :first].any()
 
 
+def windowed_reference(p, mask, window, tau, gain):
+    """Per row, the push gain * relu(tau - mean of the last `window` projections of real tokens after the first)."""
+    push = torch.zeros_like(p)
+    for r in range(p.shape[0]):
+        real = mask[r].nonzero().flatten().tolist()
+        for j in real:
+            prior = [i for i in real[1:] if j - window < i <= j]
+            m = p[r, prior].mean() if prior else p[r, j]
+            push[r, j] = gain * torch.relu(tau - m)
+    return push
+
+
+@pytest.mark.parametrize("basis", ["raw", "sae"])
+def test_windowed_cap_kv_cached_matches_reference(tiny, sae_dir, basis):
+    """The windowed cap keeps its last W projections across KV-cached steps, skips left padding and the
+    sink, and equals a whole-sequence recomputation by hand; window=1 is the per-token cap exactly."""
+    torch.manual_seed(5)
+    sae = load_sae(sae_dir)
+    v = torch.randn(64) if basis == "raw" else torch.randn(256)
+    u = v / v.norm()
+    proj = (lambda x: x @ u) if basis == "raw" else (lambda x: sae.encode(x) @ u)
+    along = u if basis == "raw" else u @ sae.W_dec
+    prompts = ["Hi!", "Could you tell me a long story about a small robot and a cat?"]
+    tok = tiny.tokenizer
+    pids, att = left_pad([render(tok, [{"role": "user", "content": p}], True).ids for p in prompts], tok.pad_token_id)
+    with torch.no_grad():
+        _, h = run(tiny, pids, capture=HOOK)
+    p0 = proj(h)[att.bool()]
+    tau, window, gain, n = float(p0.quantile(0.7)), 5, 2.0, 8
+    make = (lambda **k: Cap(HOOK, v, tau, **k)) if basis == "raw" else (lambda **k: SAECap(sae_dir, v, tau, **k))
+    one, _ = run(tiny, pids, make(window=1).hooks(tiny))
+    every, _ = run(tiny, pids, make().hooks(tiny))
+    torch.testing.assert_close(one, every, atol=1e-4, rtol=1e-4)  # equal up to the running sums' rounding
+    chunks = []
+    cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, temperature=0, batch_size=2)
+    out = generate(tiny, prompts, cfg, progress=False, fwd_hooks=make(window=window, gain=gain).hooks(tiny)
+                   + [(LATER, lambda x, hook: chunks.append(x.detach().clone()) or x)])
+    assert unhooked(tiny) and len(chunks) == n
+    full = torch.cat([pids, torch.stack([g.ids for g in out])], 1)
+    mask = torch.cat([att, torch.ones(2, n, dtype=att.dtype)], 1)
+    pushes = []
+
+    def reference(x, hook):
+        push = windowed_reference(proj(x), mask.bool(), window, tau, gain)
+        pushes.append(push)
+        return x + push[..., None] * along
+    seen = []
+    with torch.no_grad(), tiny.hooks(fwd_hooks=[(HOOK, reference), (LATER, lambda x, hook: seen.append(x) or x)]):
+        tiny.original_model(input_ids=full, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+    real = mask[:, :-1].bool()
+    torch.testing.assert_close(torch.cat(chunks, 1)[real], seen[0][:, :-1][real], atol=2e-4, rtol=1e-4)
+    fired = pushes[0][:, :-1][real] > 0
+    assert fired.any() and not fired.all()  # the cap did something, and not everywhere
+
+
 def test_hooks_removed_when_generation_raises(tiny, sae_dir):
     v = torch.randn(64)
     clean = generate(tiny, ["Hello"], GenerationConfig(max_new_tokens=4, temperature=0), progress=False)
@@ -232,7 +287,8 @@ def test_json_round_trip(tiny, ids, sae_dir, tmp_path):
     items = [Add(HOOK, v, 0.5, positions="generated"), Cap("blocks.2.hook_resid_post", v, 1.5, "ceiling"),
              Ablate(HOOK, v, positions=[1, 3]), Ablate(sae=sae_dir, features=[4]),
              Clamp(sae_dir, {7: 2.0, 9: -1.0}, relative=True, max_activations={7: 3.0, 9: 1.0}),
-             Scale(sae_dir, [7], 2.5, positions="prompt"), SAECap(sae_dir, axis, 0.3, "floor")]
+             Scale(sae_dir, [7], 2.5, positions="prompt"), SAECap(sae_dir, axis, 0.3, "floor"),
+             Cap(HOOK, v, 0.5, window=4, gain=3.0), SAECap(sae_dir, axis, 0.3, window=2, gain=0.5)]
     both = Steering(items)
     for x in items + [both]:
         d = json.loads(json.dumps(x.to_dict()))
@@ -280,6 +336,9 @@ def test_bad_input_is_refused_and_model_left_unhooked(tiny, ids, sae_dir, tmp_pa
         (ValueError, "unknown hook", lambda: Add("blocks.9.hook_resid_post", v).apply(tiny)),
         (ValueError, "zero vector", lambda: Ablate(HOOK, torch.zeros(64))),
         (ValueError, "mode", lambda: Cap(HOOK, v, 1.0, mode="both")),
+        (ValueError, "window=-2", lambda: Cap(HOOK, v, 1.0, window=-2)),
+        (ValueError, "gain=0", lambda: SAECap(sae_dir, torch.randn(256), 1.0, gain=0)),
+        (ValueError, "needs positions='all'", lambda: Cap(HOOK, v, 1.0, window=8, positions="generated")),
         (ValueError, "positions", lambda: Add(HOOK, v, positions="answer")),
         (ValueError, "positions", lambda: Add(HOOK, v, positions=[-1])),
         (FileNotFoundError, "not an SAE directory", lambda: Clamp(tmp_path / "nothing", {1: 1.0}).apply(tiny)),
