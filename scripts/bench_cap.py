@@ -2,8 +2,8 @@
 and SAE basis (steering.SAECap at the SAE's layer), in one run; also the windowed raw cap
 (steering.window: the mean over the last --window tokens, kept across KV-cached steps).
 
-The three sides sample the same prompts with a fixed number of new tokens and alternate (uncapped,
-raw, sae, uncapped, ...) so machine noise hits all of them; the best of --repeats is kept. Cap cost
+The four sides sample the same prompts with a fixed number of new tokens and alternate (uncapped,
+raw, sae, windowed, uncapped, ...) so machine noise hits all of them; the best of --repeats is kept. Cap cost
 does not depend on the direction's values, so without --axis random unit directions are used, and
 without an SAE (--sae, the axis's own, or steering's default) a random SAELens SAE of 8 x d_model
 latents. Prints one JSON line last; "ratio" is the raw-basis ratio (target >= 0.98).

@@ -32,6 +32,7 @@ from lm.corpus import load_prompt_bank
 from lm.generate import GenerationConfig, generate
 from lm.io import read_json, write_json
 from steering import Add
+from steering.window import check_window
 
 from axis import data
 from axis.artifact import AssistantAxis
@@ -99,8 +100,12 @@ def parse_args():
     for p in args.percentiles:
         if not 0 <= p <= 100:
             ap.error(f"--percentiles: {p} is outside 0-100.")
-    if any(w < 0 for w in args.windows) or any(not g > 0 for g in args.gains):
-        ap.error("--windows must be >= 0 (0 = per token) and --gains > 0.")
+    try:  # the rule CapConfig applies, checked before the model loads
+        for w in args.windows:
+            for g in args.gains:
+                check_window(w, g)
+    except ValueError as e:
+        ap.error(f"--windows/--gains: {e}")
     return args
 
 

@@ -13,6 +13,8 @@ batches or calls); `lm.generate` publishes each row's first real position there.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
@@ -23,7 +25,7 @@ from lm.generate import decode_state
 def check_window(window, gain) -> tuple[int, float]:
     if isinstance(window, bool) or not isinstance(window, int) or window < 0:
         raise ValueError(f"window={window!r}: use 0 (each token's own projection) or a positive number of tokens.")
-    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not gain > 0 or gain != gain or gain == float("inf"):
+    if isinstance(gain, bool) or not isinstance(gain, (int, float)) or not math.isfinite(gain) or gain <= 0:
         raise ValueError(f"gain={gain!r}: use a finite positive number (1 lifts the projection exactly to tau).")
     return window, float(gain)
 
