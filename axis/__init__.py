@@ -4,6 +4,17 @@ persona drift along it, and cap activations on it.
     from axis import AssistantAxis, project
     ax = AssistantAxis.load("axis/pretrained/smollm2-default", model=model)
     project(acts, ax, basis="raw", layer=ax.stats["monitor_layer"])
+
+Layout: `data` (the banks in axis/data/ and the judge-free lexicons), `rollouts` (cached rollouts and
+response-mean activations), `compute` (the axis, PCA and separation as tensor math), `build` (the
+pipeline, `build_axis`), `artifact` (the saved `AssistantAxis`), `sae_basis` (the axis in an SAE's
+feature basis, and `project`, measured by `steering.projection`), `capping` (caps on the axis as
+`steering.Cap`/`SAECap`, and `CapMonitor`, which counts where they fire), `cap_sweep` (cap settings
+as `steering.experiment.Condition`s), `evaluate` (`evaluate_caps`: identity, jailbreaks, capability,
+cap activity, steering along the axis, drift; what scripts/cap.py, the main job and the notebook
+call), `evals` (the individual measures), `drift` (persona drift over multi-turn conversations),
+`layer_scan` (which layer separates concepts and personas), `main_job` (the report of `make demo`:
+it sits at the top of the pipeline and imports every package).
 """
 
 from axis.artifact import AssistantAxis

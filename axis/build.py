@@ -10,18 +10,23 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
+from jaxtyping import Bool, Float
 
 from lm.generate import GenerationConfig
 from lm.io import write_json
-from lm.model import EMBEDDED, model_hash
+from lm.model import model_hash
+from lm.sources import EMBEDDED
+from saes.access import load_sae, sae_hook
 
 from axis import data
 from axis.artifact import AssistantAxis
-from axis.compute import (assistant_axis, cosine, default_mean, monitor_layer, pca, project, role_means,
-                          separation)
-from axis.rollouts import DEFAULT, generate_rollouts, harvest_rollouts, make_specs, save_transcripts
+from axis.compute import (assistant_axis, cosine, default_mean, layer_projections, pca, pick_monitor_layer,
+                          role_means, separation)
+from axis.rollouts import DEFAULT, RolloutSpec, generate_rollouts, harvest_rollouts, make_specs, save_transcripts
+from axis.sae_basis import feature_axis_from, feature_means, raw_layer
 
 FILTERS = ("assistant_lexicon", "none")
 
@@ -71,115 +76,170 @@ def _lists(d: dict) -> dict:
     return {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
 
 
+class _Rollouts(NamedTuple):
+    """The rollouts of one build: specs in order, reply texts, response-mean activations, filter masks."""
+    specs: list[RolloutSpec]
+    texts: dict[str, str]
+    acts: Float[torch.Tensor, "n layers d"]
+    valid: Bool[torch.Tensor, " n"]  # has response tokens
+    kept: Bool[torch.Tensor, " n"]  # valid and passes the adherence filter
+
+    @property
+    def labels(self) -> list[str]:
+        return [s.role for s in self.specs]
+
+
+class _RawAxis(NamedTuple):
+    """The raw-basis results: axis (filtered and not), role and default means, PCA, projections, separation."""
+    names: list[str]
+    per_role: Float[torch.Tensor, "r layers d"]
+    counts: dict[str, int]  # kept rollouts per role in the axis
+    default: Float[torch.Tensor, "layers d"]
+    axis: Float[torch.Tensor, "layers d"]
+    axis_unfiltered: Float[torch.Tensor, "layers d"]
+    pca: dict
+    projections: Float[torch.Tensor, "n layers"]
+    is_default: Bool[torch.Tensor, " n"]
+    scored: Bool[torch.Tensor, " n"]  # kept defaults and kept rollouts of roles in the axis
+    separation: dict
+
+
 def build_axis(model, cfg: AxisConfig, out_dir: str | Path, progress: bool = True) -> AssistantAxis:
-    out = Path(out_dir)
-    t0 = time.time()
+    """Roll out, harvest, filter, compute the axis and its statistics (and SAE bases), save to `out_dir`."""
+    out, t0 = Path(out_dir), time.time()
     roles = data.select_roles(data.load_roles(), cfg.roles_per_category, cfg.roles)
     questions = data.load_questions()[:cfg.n_questions]
     name = display_name(model, cfg)
     specs = make_specs(roles, data.load_default_prompts(name), questions, cfg.prompts_per_role)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                            seed=cfg.seed, batch_size=cfg.gen_batch_size)
-    records = generate_rollouts(model, specs, gen, out / "rollouts", max(cfg.chunk_size, cfg.gen_batch_size), progress)
+    ro = _roll_out(model, cfg, roles, specs, gen, out, progress)
+    raw = _raw_axis(ro, cfg)
+    stats = _stats(ro, raw, roles, len(questions), cfg.adherence_filter) | {"seconds": round(time.time() - t0, 1)}
+    result = AssistantAxis(axis=raw.axis, default_mean=raw.default, role_means=raw.per_role, role_names=raw.names,
+                           projections=raw.projections, is_default=raw.is_default, kept=ro.kept,
+                           model=model_hash(model), model_name=name,
+                           extra={"axis_unfiltered": raw.axis_unfiltered, "pc1": raw.pca["pc1"],
+                                  "role_pc1": raw.pca["role_pc1"]},
+                           stats=stats, config={**cfg.to_dict(), "generation": gen.to_dict()})
+    if cfg.sae or cfg.band_saes:
+        _add_feature_axes(result, model, cfg, ro, raw.scored, progress)
+    _save(result, out)
+    return result
+
+
+def _roll_out(model, cfg: AxisConfig, roles: list, specs: list[RolloutSpec], gen: GenerationConfig, out: Path,
+              progress: bool) -> _Rollouts:
+    """Generate and harvest (both cached under `out`), apply the adherence filter, save transcripts."""
+    chunk = max(cfg.chunk_size, cfg.gen_batch_size)
+    records = generate_rollouts(model, specs, gen, out / "rollouts", chunk, progress)
     texts = {s.id: records[s.id]["text"] for s in specs}
     acts = harvest_rollouts(model, specs, texts, out / "activations", cfg.harvest_batch_size, progress=progress)
-
     by_role = {r.name: r for r in roles}
-    labels = [s.role for s in specs]
     valid = ~acts.isnan().any(-1).any(-1)  # empty replies have no response tokens
     if cfg.adherence_filter == "none":
         adhere = torch.ones(len(specs), dtype=torch.bool)
     else:
         adhere = torch.tensor([data.adheres(texts[s.id], by_role.get(s.role)) for s in specs])
-    kept = valid & adhere
     for s, v, a in zip(specs, valid.tolist(), adhere.tolist()):
         records[s.id] = {**records[s.id], "valid": v, "adheres": a}
     save_transcripts(out / "transcripts.json", specs, records)
+    return _Rollouts(specs, texts, acts, valid, valid & adhere)
 
-    names, per_role, counts = role_means(acts, labels, kept, drop_empty=cfg.drop_empty_roles)
-    dflt = default_mean(acts[valid], [l for l, v in zip(labels, valid.tolist()) if v])
+
+def _raw_axis(ro: _Rollouts, cfg: AxisConfig) -> _RawAxis:
+    labels, valid, kept = ro.labels, ro.valid, ro.kept
+    names, per_role, counts = role_means(ro.acts, labels, kept, drop_empty=cfg.drop_empty_roles)
+    dflt = default_mean(ro.acts[valid], [l for l, v in zip(labels, valid.tolist()) if v])
     axis = assistant_axis(dflt, per_role)
-    _, per_role_all, _ = role_means(acts, labels, valid, drop_empty=True)
-    axis_unfiltered = assistant_axis(dflt, per_role_all)
+    _, per_role_all, _ = role_means(ro.acts, labels, valid, drop_empty=True)
     p = pca(per_role, axis, dflt, cfg.n_pcs)
-    proj = project(acts.nan_to_num(), axis)
+    proj = layer_projections(ro.acts.nan_to_num(), axis)
     proj[~valid] = float("nan")
     is_def = torch.tensor([l == DEFAULT for l in labels])
     in_role = torch.tensor([l in counts for l in labels])  # roles dropped as empty do not count
-    sep = separation(proj[kept & (is_def | in_role)], is_def[kept & (is_def | in_role)])
-    mon = monitor_layer(sep["d_prime"])
+    scored = kept & (is_def | in_role)
+    return _RawAxis(names, per_role, counts, dflt, axis, assistant_axis(dflt, per_role_all), p, proj, is_def, scored,
+                    separation(proj[scored], is_def[scored]))
 
+
+def _category_counts(ro: _Rollouts) -> dict[str, dict[str, int]]:
     cats = {}
-    for s, k, v in zip(specs, kept.tolist(), valid.tolist()):
+    for s, k, v in zip(ro.specs, ro.kept.tolist(), ro.valid.tolist()):
         if s.role != DEFAULT:
             c = cats.setdefault(s.category, {"total": 0, "valid": 0, "kept": 0})
             c["total"] += 1
             c["valid"] += v
             c["kept"] += k
-    n_role = sum(1 for s in specs if s.role != DEFAULT)
-    stats = {
-        "n_rollouts": len(specs), "n_default": int(is_def.sum()), "n_role_rollouts": n_role,
-        "n_empty_replies": int((~valid).sum()),  # no response tokens (or unrenderable)
-        "n_roles": len(names), "n_questions": len(questions),
-        "filter": {"kind": cfg.adherence_filter,
+    return cats
+
+
+def _stats(ro: _Rollouts, raw: _RawAxis, roles: list, n_questions: int, kind: str) -> dict:
+    """Everything axis.json records about the build (counts, filter, PCA, separation, monitor layer)."""
+    n_role = sum(1 for s in ro.specs if s.role != DEFAULT)
+    is_def, kept, p = raw.is_default, ro.kept, raw.pca
+    return {
+        "n_rollouts": len(ro.specs), "n_default": int(is_def.sum()), "n_role_rollouts": n_role,
+        "n_empty_replies": int((~ro.valid).sum()),  # no response tokens (or unrenderable)
+        "n_roles": len(raw.names), "n_questions": n_questions,
+        "filter": {"kind": kind,
                    "kept_role_rollouts": int((kept & ~is_def).sum()),
                    "kept_fraction": float((kept & ~is_def).sum()) / max(n_role, 1),
-                   "by_category": cats, "by_role": counts,
+                   "by_category": _category_counts(ro), "by_role": raw.counts,
                    "ai_roles_exempt": [r.name for r in roles if data.ai_role(r)],
-                   "cos_axis_filtered_vs_unfiltered": cosine(axis, axis_unfiltered).tolist()},
-        "axis_norm": axis.norm(dim=-1).tolist(),
+                   "cos_axis_filtered_vs_unfiltered": cosine(raw.axis, raw.axis_unfiltered).tolist()},
+        "axis_norm": raw.axis.norm(dim=-1).tolist(),
         "pca": {"explained": p["explained"].tolist(), "n_pcs_70": p["n_pcs_70"],
                 "cos_axis_pc1": p["cos_axis_pc1"].tolist(), "default_pc1": p["default_pc1"].tolist(),
                 "default_pc1_fraction_above_roles": p["default_pc1_fraction_above_roles"].tolist(),
                 "default_pc1_z": p["default_pc1_z"].tolist()},
-        "separation": _lists(sep),
-        "monitor_layer": mon,
+        "separation": _lists(raw.separation),
+        "monitor_layer": pick_monitor_layer(raw.separation["d_prime"]),
         "monitor_layer_reason": "largest d' between default and role rollout projections (layers 1..n-2)",
-        "rollout_ids": [s.id for s in specs],
-        "rollout_roles": labels,
+        "rollout_ids": [s.id for s in ro.specs],
+        "rollout_roles": ro.labels,
         "role_categories": {r.name: r.category for r in roles},
-        "seconds": round(time.time() - t0, 1),
     }
-    result = AssistantAxis(axis=axis, default_mean=dflt, role_means=per_role, role_names=names, projections=proj,
-                           is_default=is_def, kept=kept, model=model_hash(model), model_name=name,
-                           extra={"axis_unfiltered": axis_unfiltered, "pc1": p["pc1"], "role_pc1": p["role_pc1"]},
-                           stats=stats, config={**cfg.to_dict(), "generation": gen.to_dict()})
-    if cfg.sae or cfg.band_saes:
-        from axis.sae_basis import feature_axis_from, feature_means, load_sae, raw_layer, sae_hook
 
-        paths = ([cfg.sae] if cfg.sae else []) + list(cfg.band_saes)
-        saes = [load_sae(p) for p in paths]
-        feats = feature_means(model, saes, specs, texts, cfg.harvest_batch_size, progress)
-        fas = []
-        for path, sae, f in zip(paths, saes, feats):
-            fa = feature_axis_from(f, labels, kept, sae, axis[raw_layer(sae_hook(sae))], sae_path=str(path),
-                                   drop_empty=cfg.drop_empty_roles, top=cfg.top_features,
-                                   stats_dir=cfg.feature_stats if path == cfg.sae else None)
-            fsep = separation(fa.projections[kept & (is_def | in_role)][:, None], is_def[kept & (is_def | in_role)])
-            fa.stats["separation"] = {k: float(v[0]) for k, v in fsep.items()}
-            fas.append(fa)
-        if cfg.sae:
-            result.feature = fas.pop(0)
-        result.feature_band = fas
+
+def _add_feature_axes(result: AssistantAxis, model, cfg: AxisConfig, ro: _Rollouts,
+                      scored: Bool[torch.Tensor, " n"], progress: bool) -> None:
+    """The axis in the feature basis of `cfg.sae` (result.feature) and of each band SAE (result.feature_band)."""
+    paths = ([cfg.sae] if cfg.sae else []) + list(cfg.band_saes)
+    saes = [load_sae(p) for p in paths]
+    feats = feature_means(model, saes, ro.specs, ro.texts, cfg.harvest_batch_size, progress)
+    fas = []
+    for path, sae, f in zip(paths, saes, feats):
+        fa = feature_axis_from(f, ro.labels, ro.kept, sae, result.axis[raw_layer(sae_hook(sae))], sae_path=str(path),
+                               drop_empty=cfg.drop_empty_roles, top=cfg.top_features,
+                               stats_dir=cfg.feature_stats if path == cfg.sae else None)
+        fsep = separation(fa.projections[scored][:, None], result.is_default[scored])
+        fa.stats["separation"] = {k: float(v[0]) for k, v in fsep.items()}
+        fas.append(fa)
+    if cfg.sae:
+        result.feature = fas.pop(0)
+    result.feature_band = fas
+
+
+def _save(result: AssistantAxis, out: Path) -> None:
+    """The artifact, a summary figure, and the headline statistics as JSON."""
+    stats = result.stats
     result.save(out)
     plot_axis(result, out / "axis_summary.png")
     write_json(out / "axis_summary.json", {k: stats[k] for k in ("pca", "separation", "filter", "monitor_layer")}
                | ({"sae": result.feature.stats} if result.feature is not None else {})
                | ({"sae_band": {f.hook_name: f.stats for f in result.feature_band}} if result.feature_band else {}))
-    return result
 
 
 def plot_axis(ax: AssistantAxis, path) -> None:
     """cos(axis, PC1) and filter effect per layer; separation per layer; roles vs default on PC1/PC2."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend switch, no figure registry
 
     s = ax.stats
     L = list(range(ax.n_layers))
     panels = 4 if ax.feature is not None else 3
-    fig, axs = plt.subplots(1, panels, figsize=(4.3 * panels, 3.8))
+    fig = Figure(figsize=(4.3 * panels, 3.8))
+    axs = fig.subplots(1, panels)
     axs[0].plot(L, s["pca"]["cos_axis_pc1"], "o-", ms=3, label="cos(axis, PC1)")
     axs[0].plot(L, s["filter"]["cos_axis_filtered_vs_unfiltered"], "s--", ms=3, label="cos(filtered, unfiltered)")
     axs[0].plot(L, [e[0] for e in s["pca"]["explained"]], "^:", ms=3, label="PC1 variance share")
@@ -210,16 +270,3 @@ def plot_axis(ax: AssistantAxis, path) -> None:
                    title=f"SAE basis ({ax.feature.hook_name})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def open_model(name: str, device: str | None = None):
-    """`lm.model.load_model`, plus 'tiny' for the 4-layer random test model (smoke runs)."""
-    if name == "tiny":
-        from lm.testing import tiny_model
-
-        torch.set_num_threads(1)  # a second thread only spin-waits on this tiny model
-        return tiny_model()
-    from lm.model import load_model
-
-    return load_model(name, device=device)

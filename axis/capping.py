@@ -20,12 +20,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool
 
+from lm.batch import pad
 from lm.chat import render
 from lm.harvest import forward_batch
 from steering import Cap, SAECap, Steering
-from steering.window import WindowMean, check_window, shortfall
+from steering.intervention import model_place
+from steering.projection import check_mode, check_percentile, check_window, shortfall
 
 from axis.artifact import AssistantAxis
 from axis.compute import unit
@@ -69,108 +71,85 @@ class CapConfig:
         return asdict(self)
 
 
-@dataclass
-class CapSpec:
-    """What one cap does, kept beside the intervention so the monitor can count its activity."""
-    hook: str
-    direction: Float[torch.Tensor, " d"]  # unit, in the basis the cap projects on
-    tau: float
-    mode: str
-    sae: object | None = None  # set for SAE-basis caps: project encode(h) instead of h
-    window: int = 0
-    gain: float = 1.0
-
-
-def check_percentile(p) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 100:
-        raise ValueError(f"percentile must be a number within 0-100, got {p!r}.")
-    return float(p)
-
-
-def cap_specs(axis: AssistantAxis, cfg: CapConfig, sae=None) -> list[CapSpec]:
+def cap_interventions(axis: AssistantAxis, cfg: CapConfig, sae=None) -> list[Cap | SAECap]:
+    """One cap per band layer (raw basis, or SAE basis through each layer's band SAE), or one SAE-basis
+    cap at the axis's own SAE; tau is the config's percentile of the stored rollout projections."""
     pct = check_percentile(cfg.percentile)
     w, g = check_window(cfg.window, cfg.gain)
-    if cfg.mode not in ("floor", "ceiling"):
-        raise ValueError(f"mode must be 'floor' or 'ceiling', got {cfg.mode!r}.")
+    check_mode(cfg.mode)
     if cfg.basis == "raw":
         layers = axis.check_layers(cfg.layers or default_band(axis.n_layers))
-        return [CapSpec(f"blocks.{l}.hook_resid_post", axis.unit(l), axis.tau(l, pct), cfg.mode, None, w, g)
+        return [Cap(f"blocks.{l}.hook_resid_post", axis.unit(l), axis.tau(l, pct), cfg.mode, window=w, gain=g)
                 for l in layers]
     if cfg.basis == "sae":
         if cfg.layers:  # one SAE per band layer (AssistantAxis.feature_band)
-            fas = [axis.feature_at(l) for l in axis.check_layers(cfg.layers)]
-            return [CapSpec(fa.hook_name, unit(fa.feature_axis), fa.tau(pct), cfg.mode, fa.get_sae(), w, g)
-                    for fa in fas]
-        fa = axis.feature
-        if fa is None:
+            fas = [(axis.feature_at(l), None) for l in axis.check_layers(cfg.layers)]
+        elif axis.feature is None:
             raise ValueError("This axis has no SAE-basis axis; compute it with scripts/compute_axis.py --sae DIR.")
-        return [CapSpec(fa.hook_name, unit(fa.feature_axis), fa.tau(pct), cfg.mode, fa.get_sae(sae), w, g)]
+        else:
+            fas = [(axis.feature, sae)]
+        return [SAECap(fa.get_sae(s), unit(fa.feature_axis), fa.tau(pct), cfg.mode, hook=fa.hook_name, window=w, gain=g)
+                for fa, s in fas]
     raise ValueError(f"basis must be 'raw' or 'sae', got {cfg.basis!r}.")
 
 
-def intervention(specs: list[CapSpec]) -> Steering:
-    caps = [SAECap(s.sae, s.direction, s.tau, s.mode, window=s.window, gain=s.gain) if s.sae is not None
-            else Cap(s.hook, s.direction, s.tau, s.mode, window=s.window, gain=s.gain) for s in specs]
-    return Steering(caps)
-
-
-def capping(axis: AssistantAxis, cfg: CapConfig, sae=None) -> tuple[Steering, list[CapSpec]]:
-    """The steering object for a cap config, and the specs the activity monitor needs."""
-    specs = cap_specs(axis, cfg, sae)
-    return intervention(specs), specs
+def capping(axis: AssistantAxis, cfg: CapConfig, sae=None) -> tuple[Steering, list[Cap | SAECap]]:
+    """The steering object for a cap config, and its caps (what the activity monitor watches)."""
+    caps = cap_interventions(axis, cfg, sae)
+    return Steering(caps), caps
 
 
 class CapMonitor:
-    """Per capped hook, which tokens of the last forward had their projection on the wrong side of tau."""
+    """Per capped hook, which tokens of the last forward had their projection on the wrong side of tau.
 
-    def __init__(self, specs: list[CapSpec]):
-        self.specs = specs
+    It measures through each cap's own `Projection` (a fresh window history of its own), so it
+    counts exactly what the cap compares with tau."""
+
+    def __init__(self, caps: list[Cap | SAECap]):
+        self.caps = caps
         self.active: dict[str, Bool[torch.Tensor, "b s"]] = {}
+        self.watched: list[str] = []  # the hook points watched, set by hooks()
 
-    def _hook(self, spec: CapSpec):
-        measure = WindowMean(spec.window) if spec.window else None
+    def _hook(self, model, cap):
+        name, proj = cap.bind(model)
+        measure = proj.measurer(*model_place(model))
 
         def count(x, hook):
             with torch.no_grad():
-                if spec.sae is not None:
-                    p = next(spec.sae.parameters())
-                    proj = spec.sae.encode(x.to(p.dtype)) @ spec.direction.to(p.device, p.dtype)
-                else:
-                    proj = x @ spec.direction.to(x.device, x.dtype)
-            self.active[spec.hook] = (shortfall(proj, spec.tau, spec.mode, measure) > 0).cpu()
+                self.active[name] = (shortfall(measure(x), cap.tau, cap.mode) > 0).cpu()
             return x
-        return count
+        return name, count
 
     def hooks(self, model, steering: Steering) -> list:
         """Monitor hooks interleaved before the caps they watch (same hook point, registered first)."""
-        mine = {s.hook: (s.hook, self._hook(s)) for s in self.specs}
+        mine = dict(self._hook(model, c) for c in self.caps)
+        self.watched = list(mine)
+        if len(mine) != len(self.caps):
+            raise ValueError("CapMonitor: two caps on one hook point; monitor them separately.")
         out = []
         for name, fn in steering.hooks(model):
             if name in mine:
-                out.append(mine.pop(name))
+                out.append((name, mine.pop(name)))
             out.append((name, fn))
         if mine:
             raise ValueError(f"No cap at hook(s) {sorted(mine)} to monitor.")
         return out
 
 
-def cap_activity(model, steering: Steering, specs: list[CapSpec], conversations: list[list[dict]],
+def cap_activity(model, steering: Steering, caps: list[Cap | SAECap], conversations: list[list[dict]],
                  batch_size: int = 8) -> dict:
     """Fraction of assistant-response tokens on which each cap fired, with all caps applied
     (teacher-forced on the given conversations, e.g. the capped model's own answers)."""
-    mon = CapMonitor(specs)
+    mon = CapMonitor(caps)
     hooks = mon.hooks(model, steering)
-    last = max(int(s.hook.split(".")[1]) for s in specs)
+    names = mon.watched
+    last = max(int(h.split(".")[1]) for h in names)
     tok = model.tokenizer
-    fired = {s.hook: 0 for s in specs}
+    fired = {h: 0 for h in names}
     total = anywhere = 0
     for b in range(0, len(conversations), batch_size):
         rs = [render(tok, c) for c in conversations[b:b + batch_size]]
-        n = max(len(r.ids) for r in rs)
-        ids = torch.full((len(rs), n), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rs), n), dtype=torch.bool)
-        for i, r in enumerate(rs):
-            ids[i, :len(r.ids)], mask[i, :len(r.ids)] = r.ids, r.response_mask
+        ids, _, mask = pad([r.ids for r in rs], tok.pad_token_id, masks=[r.response_mask for r in rs])
         with model.hooks(fwd_hooks=hooks):
             forward_batch(model, ids, [f"blocks.{last}.hook_resid_post"])
         total += int(mask.sum())

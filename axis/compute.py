@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from jaxtyping import Bool, Float
 
+from features.stats import auroc
+
 from axis.rollouts import DEFAULT
 
 
@@ -92,19 +94,19 @@ def pca(per_role: Float[torch.Tensor, "r layers d"], axis: Float[torch.Tensor, "
     }
 
 
-def project(acts: Float[torch.Tensor, "... layers d"], axis: Float[torch.Tensor, "layers d"]
-            ) -> Float[torch.Tensor, "... layers"]:
-    """Projection of every layer's activation on that layer's unit axis."""
+def layer_projections(acts: Float[torch.Tensor, "... layers d"], axis: Float[torch.Tensor, "layers d"]
+                      ) -> Float[torch.Tensor, "... layers"]:
+    """Projection of every layer's activation on that layer's unit axis (for one layer and
+    other bases, see `axis.project`)."""
     return (acts * unit(axis)).sum(-1)
 
 
-def auroc(pos: Float[torch.Tensor, " p"], neg: Float[torch.Tensor, " q"]) -> float:
-    """P(a default rollout projects above a role rollout), ties counted half."""
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).double().mean()
-    ties = (pos[:, None] == neg[None, :]).double().mean()
-    return float(greater + 0.5 * ties)
+def _layer_auroc(d: Float[torch.Tensor, "p layers"], r: Float[torch.Tensor, "q layers"]
+                 ) -> Float[torch.Tensor, " layers"]:
+    """P(a default rollout projects above a role rollout) per layer, ties half; NaN without both kinds."""
+    if len(d) == 0 or len(r) == 0:
+        return torch.full((d.shape[1],), float("nan"))
+    return auroc(d, r).float()
 
 
 def separation(proj: Float[torch.Tensor, "n layers"], is_default: Bool[torch.Tensor, " n"]) -> dict:
@@ -115,13 +117,14 @@ def separation(proj: Float[torch.Tensor, "n layers"], is_default: Bool[torch.Ten
         "default_mean": d.mean(0), "default_std": d.std(0, unbiased=False),
         "role_mean": r.mean(0), "role_std": r.std(0, unbiased=False),
         "d_prime": (d.mean(0) - r.mean(0)) / pooled,
-        "auroc": torch.tensor([auroc(d[:, l], r[:, l]) for l in range(proj.shape[1])]),
+        "auroc": _layer_auroc(d, r),
     }
 
 
-def monitor_layer(d_prime: Float[torch.Tensor, " layers"]) -> int:
+def pick_monitor_layer(d_prime: Float[torch.Tensor, " layers"]) -> int:
     """The layer whose axis best separates default from role rollouts (largest d'), skipping the
-    embedding-adjacent first and the unembedding-shaped last block."""
+    embedding-adjacent first and the unembedding-shaped last block (`axis.drift.monitor_layer`
+    reads the stored choice back)."""
     n = len(d_prime)
     inner = d_prime[1:n - 1] if n > 2 else d_prime
     return int(inner.nan_to_num(float("-inf")).argmax()) + (1 if n > 2 else 0)

@@ -14,9 +14,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from lm.io import read_json
+from lm.prompts import load_prompt_set, read_prompt_set
 
 DATA = Path(__file__).parent / "data"
-NEUTRAL_TEXT = Path(__file__).parent.parent / "steering" / "data" / "neutral_text.json"
 
 
 @dataclass(frozen=True)
@@ -121,11 +121,10 @@ def load_mc(path=None) -> list[dict]:
 
 
 def load_neutral_text(path=None) -> list[str]:
-    p = Path(path) if path else NEUTRAL_TEXT
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} not found (neutral text for the KL check ships with steering/data).")
-    raw = read_json(p)
-    return [r if isinstance(r, str) else r["text"] for r in raw]
+    """The shared neutral text of the KL check (`lm.prompts`), or a JSON list of texts at `path`."""
+    if path is None:
+        return load_prompt_set("neutral_text")
+    return read_prompt_set(Path(path).parent, Path(path).stem)
 
 
 # ----- judge-free scoring ---------------------------------------------------------------------

@@ -13,12 +13,12 @@ Interventions (caps) passed as `fwd_hooks` apply to the generation and to the me
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from lm.batch import pad
 from lm.chat import render
 from lm.generate import GenerationConfig, generate
 from lm.harvest import forward_batch
@@ -89,10 +89,7 @@ def measure(model, axis: AssistantAxis, conversations: list[list[dict]], layers:
     out = []
     for b in range(0, len(conversations), batch_size):
         items = [turn_masks(tok, c) for c in conversations[b:b + batch_size]]
-        n = max(len(ids) for ids, _ in items)
-        ids = torch.full((len(items), n), tok.pad_token_id, dtype=torch.long)
-        for i, (x, _) in enumerate(items):
-            ids[i, :len(x)] = x  # right padding: causal attention never sees the pads
+        ids = pad([x for x, _ in items], tok.pad_token_id).ids  # right: causal attention never sees the pads
         with model.hooks(fwd_hooks=list(fwd_hooks)):
             acts = forward_batch(model, ids, names)
         for i, (x, masks) in enumerate(items):
@@ -156,15 +153,14 @@ def summarise(records: list[dict], layers: list[int], axis: AssistantAxis) -> di
 def plot_drift(results: dict[str, dict], path, layer: int | None = None, title: str | None = None) -> None:
     """Projection per turn per domain (mean line, +-1 std band); several runs (e.g. uncapped /
     capped) as solid and dashed lines, with the default-Assistant and role means for reference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global backend switch, no figure registry
+    from matplotlib.ticker import MaxNLocator
 
     styles = ["-", "--", ":", "-."]
     first = next(iter(results.values()))
     layer = first["layers"][0] if layer is None else layer
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
     colors = {}
     for k, (label, res) in enumerate(results.items()):
         summ = res["summary"][str(layer)]
@@ -180,7 +176,7 @@ def plot_drift(results: dict[str, dict], path, layer: int | None = None, title: 
     if summ["default_mean"] is not None:
         ax.axhline(summ["default_mean"], color="k", lw=0.8, label="default Assistant rollouts")
         ax.axhline(summ["role_mean"], color="grey", lw=0.8, ls=":", label="role rollouts")
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("assistant turn")
     ax.set_ylabel(f"projection on Assistant Axis (layer {layer})")
     ax.set_title(title or "Persona drift by conversation domain")
@@ -188,4 +184,3 @@ def plot_drift(results: dict[str, dict], path, layer: int | None = None, title: 
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)

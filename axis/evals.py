@@ -15,6 +15,7 @@ from collections import Counter
 
 import torch
 
+from lm.batch import pad
 from lm.chat import render
 from lm.generate import GenerationConfig, generate
 from steering.metrics import NeutralKL, scored_nll
@@ -87,11 +88,7 @@ def mean_resid_norm(model, layer: int, texts: list[str], max_tokens: int = 256) 
 
     tok = model.tokenizer
     seqs = [torch.tensor(tok(t, add_special_tokens=False)["input_ids"][:max_tokens]) for t in texts]
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)], mask[i, :len(s)] = s, True
+    ids, att, _ = pad(seqs, tok.pad_token_id)
     name = f"blocks.{layer}.hook_resid_post"
-    acts = harvest(model, ids, [name], HarvestConfig(batch_size=8), mask=mask, progress=False)[name]
+    acts = harvest(model, ids, [name], HarvestConfig(batch_size=8), mask=att.bool(), progress=False)[name]
     return float(acts.norm(dim=-1).mean())

@@ -22,6 +22,7 @@ from jaxtyping import Float
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
+from lm.batch import pad
 from lm.chat import as_conversation, render
 from lm.generate import GenerationConfig, generate
 from lm.harvest import HarvestConfig, harvest
@@ -146,12 +147,8 @@ def harvest_rollouts(model, specs: list[RolloutSpec], texts: dict[str, str], cac
         seqs = [x if x is not None else (torch.tensor([tok.pad_token_id]), torch.zeros(1, dtype=torch.bool))
                 for x in seqs]  # an unrenderable reply becomes an empty (NaN) row
         order = sorted(range(len(chunk)), key=lambda i: len(seqs[i][0]))  # batch similar lengths
-        n = max(len(ids) for ids, _ in seqs)
-        ids = torch.full((len(chunk), n), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), n), dtype=torch.bool)
-        for row, i in enumerate(order):  # right padding: causal attention never sees the pads
-            ids[row, :len(seqs[i][0])] = seqs[i][0]
-            mask[row, :len(seqs[i][1])] = seqs[i][1]
+        # right padding: causal attention never sees the pads
+        ids, _, mask = pad([seqs[i][0] for i in order], tok.pad_token_id, masks=[seqs[i][1] for i in order])
         acts = harvest(model, ids, names, HarvestConfig(batch_size=batch_size, exclude_first=False, reduce="mean"),
                        mask=mask, progress=False)
         means = torch.stack([acts[nm] for nm in names], 1)  # [rows, layers, d]

@@ -18,29 +18,20 @@ from jaxtyping import Bool, Float
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from lm.batch import pad
 from lm.harvest import forward_batch
 from lm.io import read_json, save_tensors, write_json
 
-from steering import sae as steering_sae
+from features import feature_labels
+from saes import access
+from saes.access import decoder_rows, encode, load_sae, sae_hook
+from steering.projection import Projection, check_percentile
 
 from axis.compute import cosine, default_mean, role_means, unit
 from axis.rollouts import RolloutSpec, response_tokens
 
 FILES = ("sae_axis.safetensors", "sae_axis.json")
 BAND_DIR = "sae_band"  # one FeatureAxis per extra SAE (a capping band), in sae_band/<hook>/
-
-
-def load_sae(sae):
-    """A SAELens SAE, given one or a directory in SAELens format (loaded through steering, which
-    remembers the path so SAECap interventions built from it serialise)."""
-    return steering_sae.resolve(sae).eval()
-
-
-def path_of(sae) -> str | None:
-    return str(sae) if isinstance(sae, (str, Path)) else steering_sae.sae_path(sae)
-
-
-sae_hook = steering_sae.sae_hook
 
 
 def raw_layer(hook_name: str) -> int:
@@ -50,14 +41,6 @@ def raw_layer(hook_name: str) -> int:
         raise ValueError(f"The SAE basis needs an SAE on a block's residual stream output "
                          f"(blocks.L.hook_resid_post), not {hook_name!r}.")
     return int(m.group(1)) - (m.group(2) == "pre")
-
-
-def encode(sae, acts: Float[torch.Tensor, "... d"]) -> Float[torch.Tensor, "... d_sae"]:
-    if acts.shape[-1] != sae.cfg.d_in:
-        raise ValueError(f"Activations have width {acts.shape[-1]} but the SAE expects d_in={sae.cfg.d_in}.")
-    p = next(sae.parameters())
-    with torch.no_grad():
-        return sae.encode(acts.to(p.device, p.dtype)).float()
 
 
 def feature_means(model, saes, specs: list[RolloutSpec], texts: dict[str, str], batch_size: int = 16,
@@ -76,16 +59,11 @@ def feature_means(model, saes, specs: list[RolloutSpec], texts: dict[str, str], 
     order = sorted(range(len(specs)), key=lambda i: len(seqs[i][0]))
     for b in tqdm(range(0, len(order), batch_size), desc="sae features", disable=not progress, unit="batch"):
         rows = order[b:b + batch_size]
-        n = max(len(seqs[i][0]) for i in rows)
-        ids = torch.full((len(rows), n), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), n), dtype=torch.bool)
-        for j, i in enumerate(rows):
-            ids[j, :len(seqs[i][0])] = seqs[i][0]
-            mask[j, :len(seqs[i][1])] = seqs[i][1]
+        ids, _, mask = pad([seqs[i][0] for i in rows], tok.pad_token_id, masks=[seqs[i][1] for i in rows])
         acts = forward_batch(model, ids, sorted(set(hooks)))
         k = mask.sum(1)
         for sae, hook, out in zip(saes, hooks, outs):
-            feats = encode(sae, acts[hook]).cpu()
+            feats = encode(sae, acts[hook]).float().cpu()
             means = (feats * mask[..., None]).sum(1) / k.clamp(min=1)[:, None]
             for j, i in enumerate(rows):
                 if k[j] > 0:
@@ -127,8 +105,7 @@ class FeatureAxis:
         return sae
 
     def tau(self, percentile: float) -> float:
-        if not (isinstance(percentile, (int, float)) and 0 <= percentile <= 100):
-            raise ValueError(f"percentile must be within 0-100, got {percentile!r}.")
+        percentile = check_percentile(percentile)
         p = self.projections[self.kept]
         p = p[~p.isnan()]
         return float(torch.quantile(p.double(), percentile / 100))
@@ -157,19 +134,6 @@ class FeatureAxis:
                    meta["hook_name"], meta["sae_path"], meta["stats"])
 
 
-def feature_labels(sae_dir: str | None, ids: list[int], stats_dir: str | None = None) -> dict[int, str]:
-    """Labels from a `features` analysis (`analysis.json` with a 'labels' list) in `stats_dir`, the SAE
-    directory or its `features/` / `analysis/` subfolder; empty when none exists (labels are optional)."""
-    roots = [Path(stats_dir)] if stats_dir else []
-    if sae_dir:
-        roots += [Path(sae_dir), Path(sae_dir) / "features", Path(sae_dir) / "analysis"]
-    for r in roots:
-        if (r / "analysis.json").is_file():
-            labels = read_json(r / "analysis.json").get("labels") or []
-            return {i: labels[i] for i in ids if i < len(labels)}
-    return {}
-
-
 def decoder_stats(raw_axis: Float[torch.Tensor, " d"], feature_axis: Float[torch.Tensor, " d_sae"],
                   w_dec: Float[torch.Tensor, "d_sae d"], top: int = 20,
                   ks: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500)) -> dict:
@@ -196,9 +160,9 @@ def feature_axis_from(feats: Float[torch.Tensor, "n d_sae"], roles: list[str], k
     _, rm, _ = role_means(feats[:, None], roles, keep & ok, drop_empty=drop_empty)
     dm = default_mean(feats[ok][:, None], [r for r, o in zip(roles, ok.tolist()) if o])[0]
     fa = dm - rm[:, 0].mean(0)
-    w_dec = steering_sae.decoder_rows(sae, torch.arange(sae.cfg.d_sae, device=sae.W_dec.device)).detach().float().cpu()
+    w_dec = decoder_rows(sae).detach().float().cpu()
     stats = decoder_stats(raw_axis_at_layer, fa, w_dec, top=top)
-    sae_path = sae_path or path_of(sae)
+    sae_path = sae_path or access.sae_path(sae)
     labels = feature_labels(sae_path, [f["id"] for f in stats["top_features"]], stats_dir)
     for f in stats["top_features"]:
         f["label"] = labels.get(f["id"])
@@ -208,7 +172,8 @@ def feature_axis_from(feats: Float[torch.Tensor, "n d_sae"], roles: list[str], k
 
 def project(acts: Float[torch.Tensor, "... d"], axis, basis: str = "raw", layer: int | None = None,
             sae=None) -> Float[torch.Tensor, "..."]:
-    """Projection of activations on the unit Assistant Axis in either basis.
+    """Projection of activations on the unit Assistant Axis in either basis, measured by the same
+    `steering.projection.Projection` the caps use (per token).
 
     raw: `acts[..., d]` at `layer` (or `acts[..., n_layers, d]` with layer=None: every layer).
     sae: `acts[..., d]` at the SAE's hook are encoded and projected on the unit feature-space axis."""
@@ -219,12 +184,18 @@ def project(acts: Float[torch.Tensor, "... d"], axis, basis: str = "raw", layer:
             return (acts.float() * unit(axis.axis)).sum(-1)
         if acts.shape[-1] != axis.d_model:
             raise ValueError(f"Activations have width {acts.shape[-1]}, the axis d_model={axis.d_model}.")
-        return acts.float() @ axis.unit(layer)
-    if basis == "sae":
+        proj = Projection(axis.unit(layer))
+    elif basis == "sae":
         fa = axis.feature if hasattr(axis, "feature") else axis
         if fa is None:
             raise ValueError("This axis has no SAE-basis axis; compute it with scripts/compute_axis.py --sae DIR.")
         if layer is not None and layer != fa.layer:
             raise ValueError(f"The SAE-basis axis lives at layer {fa.layer} ({fa.hook_name}), not {layer}.")
-        return encode(fa.get_sae(sae), acts) @ unit(fa.feature_axis)
-    raise ValueError(f"basis must be 'raw' or 'sae', got {basis!r}.")
+        sae = fa.get_sae(sae)
+        if acts.shape[-1] != sae.cfg.d_in:
+            raise ValueError(f"Activations have width {acts.shape[-1]} but the SAE expects d_in={sae.cfg.d_in}.")
+        proj, acts = Projection(fa.feature_axis, sae=sae), acts.to(sae.W_dec.device)
+    else:
+        raise ValueError(f"basis must be 'raw' or 'sae', got {basis!r}.")
+    with torch.no_grad():
+        return proj.measurer(acts.device, torch.float32)(acts.float()).float()

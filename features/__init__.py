@@ -4,17 +4,30 @@
     stats = analyze(model, sae, tokens, cache_dir="runs/feat")          # one batched pass
     write_dashboards(stats, model.tokenizer, "runs/dash")               # static HTML
     result = search_concept(model, sae, "golden_gate_bridge")           # held-out AUROC
+
+Module map (SAE access itself is `saes.access`; a few of its names are re-exported here):
+    analysis.py      one-pass per-latent statistics (`FeatureStats`), dataset rows, `feature_labels`
+    labels.py        automatic labels; logit_lens.py: decoder rows read through the unembedding
+    dashboard.py     static HTML pages (templates/)
+    concept_sets.py  the concept-set JSONs (concepts/): `Concept` schema and the one reader, `load_concept`
+    concept_search.py  ranking latents by held-out AUROC, and the raw difference-of-means counterpart
+    latents.py       the chosen latents in an SAE directory's concepts.json: written here, read by steering
+    stats.py         the one AUROC and the one difference of means
 """
 
-from features.analysis import AnalysisConfig, FeatureStats, analyze
-from features.concepts import (Concept, ConceptResult, SearchConfig, auroc, dataset_tokens, latent_max_activations,
-                               search_concept, write_concepts_json)
+from saes.access import DEFAULT_SAE, check_features, check_sae, load_sae
+from features.analysis import AnalysisConfig, FeatureStats, analyze, dataset_tokens, feature_labels
+from features.concept_search import ConceptResult, SearchConfig, format_example, search_concept
+from features.concept_sets import Concept, load_concept
 from features.dashboard import write_dashboards
 from features.labels import auto_labels, make_label
+from features.latents import (concept_latent, concept_max_activations, latent_max_activations, load_concept_latents,
+                              write_concepts_json)
 from features.logit_lens import logit_lens, unembedding
-from features.sae import DEFAULT_SAE, check_features, check_sae, load_sae
+from features.stats import auroc, mean_difference
 
 __all__ = ["AnalysisConfig", "Concept", "ConceptResult", "DEFAULT_SAE", "FeatureStats", "SearchConfig", "analyze",
-           "auroc", "auto_labels", "check_features", "check_sae", "dataset_tokens", "latent_max_activations",
-           "load_sae", "logit_lens", "make_label", "search_concept", "unembedding", "write_concepts_json",
-           "write_dashboards"]
+           "auroc", "auto_labels", "check_features", "check_sae", "concept_latent", "concept_max_activations",
+           "dataset_tokens", "feature_labels", "format_example", "latent_max_activations", "load_concept",
+           "load_concept_latents", "load_sae", "logit_lens", "make_label", "mean_difference", "search_concept",
+           "unembedding", "write_concepts_json", "write_dashboards"]

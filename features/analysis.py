@@ -8,7 +8,8 @@ Nothing scales with the dataset: top-k buffers are merged batch by batch (stream
 random sample is bottom-k on random keys (exactly uniform without replacement), and histogram
 bins are fixed log-spaced edges, so one pass suffices. Position 0 of each row is an attention sink
 and is excluded by default. Results are cached beside a manifest (model, SAE weights, data, config)
-and reused when all four match.
+and reused when all four match; other packages read a saved analysis through `FeatureStats.load`
+and `feature_labels`, not by parsing its files.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from jaxtyping import Bool, Int
 from tqdm.auto import tqdm
 
 from lm.io import read_json, save_tensors, write_json
+from saes.access import check_features, check_sae, feature_acts, sae_digest, sae_path
+from saes.eval import plot_density_histogram
 from features.logit_lens import logit_lens
-from features.sae import check_features, check_sae, feature_acts, sae_digest
 
 
 @dataclass
@@ -156,12 +158,77 @@ def data_digest(tokens: torch.Tensor, keep: torch.Tensor) -> str:
     return hashlib.sha256(tokens.numpy().tobytes() + keep.numpy().tobytes()).hexdigest()[:16]
 
 
-def analyze(model, sae, tokens: Int[torch.Tensor, "rows seq"], cfg: AnalysisConfig | None = None,
-            mask: Bool[torch.Tensor, "rows seq"] | None = None, cache_dir: str | Path | None = None,
-            progress: bool = True) -> FeatureStats:
-    """Statistics for every latent of `sae` over `tokens`; cached in `cache_dir` when given."""
-    cfg = cfg or AnalysisConfig()
-    hook = check_sae(model, sae)
+def dataset_tokens(source, tokenizer, context_size: int = 128, max_tokens: int | None = None) -> torch.Tensor:
+    """Token rows for a source ("default" corpus, a file, ...) or a [rows, seq] tensor passed through."""
+    if isinstance(source, torch.Tensor):
+        return source
+    from lm.text import pack, token_sequences
+
+    return pack(token_sequences(source, tokenizer), context_size, max_tokens)
+
+
+class _Running:
+    """What `analyze` accumulates batch by batch, on the SAE's device: counts, histogram, top-k and
+    random contexts."""
+
+    def __init__(self, d: int, d_vocab: int, cfg: AnalysisConfig, dev):
+        self.cfg, self.d, self.dev = cfg, d, dev
+        self.top = _TopK(d, cfg.n_examples, cfg.window, dedupe=True, device=dev)
+        self.rnd = _TopK(d, cfg.n_random, cfg.window, dedupe=False, device=dev)
+        self.hist = torch.zeros(d * (cfg.n_bins + 2), dtype=torch.long, device=dev)  # [under, bins, over] per latent
+        self.n_active = torch.zeros(d, dtype=torch.long, device=dev)
+        self.sum_act = torch.zeros(d, dtype=torch.float64, device=dev)
+        self.max_act = torch.zeros(d, device=dev)
+        self.token_counts = torch.zeros(d_vocab, dtype=torch.long, device=dev)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.mix = torch.randint(1, 2**31 - 1, (cfg.window,), generator=self.gen).to(dev)
+        self.offsets = torch.arange(-cfg.left, cfg.right + 1, device=dev)
+
+    def add(self, b0: int, ids: Int[torch.Tensor, "b s"], keep: Bool[torch.Tensor, "b s"], f: torch.Tensor) -> None:
+        """One batch of rows starting at row `b0`, with feature activations `f` [b, s, d]."""
+        ids, keep = ids.to(self.dev), keep.to(self.dev)
+        f = f.float() * keep[..., None]  # excluded positions read as 0
+        rowmax, argpos = self._count(ids, keep, f)
+        self._contexts(b0, ids, f, rowmax, argpos)
+
+    def _count(self, ids, keep, f) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, nb = self.cfg, self.cfg.n_bins
+        n = self.token_counts.numel()
+        self.token_counts += torch.bincount(ids[keep], minlength=n)[:n]
+        active = f > 0
+        self.n_active += active.sum((0, 1))
+        self.sum_act += f.sum((0, 1), dtype=torch.float64)
+        rowmax, argpos = f.max(dim=1)  # [b, d]: the best position of each row for each latent
+        self.max_act = torch.maximum(self.max_act, rowmax.max(0).values)
+        lat, vals = active.nonzero()[:, 2], f[active]
+        bins = ((vals.log10() - math.log10(cfg.hist_min)) * cfg.bins_per_decade).floor().long().add(1).clamp(0, nb + 1)
+        self.hist += torch.bincount(lat * (nb + 2) + bins, minlength=self.hist.numel())
+        return rowmax, argpos
+
+    def _contexts(self, b0, ids, f, rowmax, argpos) -> None:
+        """Offer each row's best window per latent to the top-k and the uniform random sample."""
+        d, (b, s) = self.d, ids.shape
+        win = argpos.T[..., None] + self.offsets  # [d, b, W] positions around each row's maximum
+        valid = (win >= 0) & (win < s)
+        win = win.clamp(0, s - 1)
+        w_acts = f.permute(2, 0, 1).gather(2, win).masked_fill(~valid, 0.0)
+        w_toks = ids[None].expand(d, b, s).gather(2, win).masked_fill(~valid, -1).int()
+        w_hash = ((w_toks.long() + 2) * self.mix).sum(-1)
+        vals = rowmax.T
+        rows = torch.arange(b0, b0 + b, device=self.dev).expand(d, b)
+        pos = argpos.T
+        self.top.update(vals.masked_fill(vals <= 0, -1.0), vals, rows, pos, w_acts, w_toks, w_hash)
+        keys = torch.rand(d, b, generator=self.gen).to(self.dev).masked_fill(vals <= 0, -1.0)
+        self.rnd.update(keys, vals, rows, pos, w_acts, w_toks, w_hash)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"max_act": self.max_act.cpu(), "sum_act": self.sum_act.cpu(), "n_active": self.n_active.cpu(),
+                "hist": self.hist.view(self.d, self.cfg.n_bins + 2).cpu(), "token_counts": self.token_counts.cpu(),
+                **self.top.tensors("top"), **self.rnd.tensors("random")}
+
+
+def _kept_positions(tokens, mask, cfg: AnalysisConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated tokens on the CPU and the positions the statistics count (sink excluded)."""
     if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] < 2:
         raise ValueError(f"tokens must be a [rows, seq] tensor with rows >= 1 and seq >= 2, got {tuple(tokens.shape)}.")
     if mask is not None and mask.shape != tokens.shape:
@@ -170,96 +237,70 @@ def analyze(model, sae, tokens: Int[torch.Tensor, "rows seq"], cfg: AnalysisConf
     keep = torch.ones_like(tokens, dtype=torch.bool) if mask is None else mask.bool().cpu().clone()
     if cfg.exclude_first:
         keep[:, 0] = False
+    return tokens, keep
+
+
+def _cached(cache_dir: str | Path | None, key: dict) -> FeatureStats | None:
+    """The analysis in `cache_dir` when it was computed for `key`; an error when for another."""
+    if cache_dir is None or not (Path(cache_dir) / "analysis.json").is_file():
+        return None
+    cached = FeatureStats.load(cache_dir)
+    if cached.meta.get("key") == key:
+        return cached
+    raise ValueError(f"{cache_dir} holds an analysis of another model, SAE, dataset or config; "
+                     "use another cache_dir or delete it.")
+
+
+def analyze(model, sae, tokens: Int[torch.Tensor, "rows seq"], cfg: AnalysisConfig | None = None,
+            mask: Bool[torch.Tensor, "rows seq"] | None = None, cache_dir: str | Path | None = None,
+            progress: bool = True) -> FeatureStats:
+    """Statistics for every latent of `sae` over `tokens`; cached in `cache_dir` when given."""
     from lm.model import model_hash
-
-    key = {"model": model_hash(model), "sae": sae_digest(sae), "hook": hook,
-           "data_sha256": data_digest(tokens, keep), "config": asdict(cfg)}
-    if cache_dir is not None and (Path(cache_dir) / "analysis.json").is_file():
-        cached = FeatureStats.load(cache_dir)
-        if cached.meta.get("key") == key:
-            return cached
-        raise ValueError(f"{cache_dir} holds an analysis of another model, SAE, dataset or config; "
-                         "use another cache_dir or delete it.")
-
-    d, W, dev = sae.cfg.d_sae, cfg.window, sae.W_dec.device  # bookkeeping stays on the SAE's device
-    top = _TopK(d, cfg.n_examples, W, dedupe=True, device=dev)
-    rnd = _TopK(d, cfg.n_random, W, dedupe=False, device=dev)
-    nb = cfg.n_bins
-    hist = torch.zeros(d * (nb + 2), dtype=torch.long, device=dev)  # [underflow, nb bins, overflow] per latent
-    n_active = torch.zeros(d, dtype=torch.long, device=dev)
-    sum_act = torch.zeros(d, dtype=torch.float64, device=dev)
-    max_act = torch.zeros(d, device=dev)
-    token_counts = torch.zeros(model.cfg.d_vocab, dtype=torch.long, device=dev)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    mix = torch.randint(1, 2**31 - 1, (W,), generator=gen).to(dev)
-    offsets = torch.arange(-cfg.left, cfg.right + 1, device=dev)
-    log_min = math.log10(cfg.hist_min)
-
-    starts = range(0, tokens.shape[0], cfg.batch_size)
-    for b0 in tqdm(starts, desc="feature stats", disable=not progress, unit="batch"):
-        ids, k = tokens[b0:b0 + cfg.batch_size], keep[b0:b0 + cfg.batch_size]
-        _, f = feature_acts(model, sae, ids, hook)
-        ids, k = ids.to(dev), k.to(dev)
-        f = f.float() * k[..., None]  # [b, s, d]; excluded positions read as 0
-        b, s = ids.shape
-        token_counts += torch.bincount(ids[k], minlength=token_counts.numel())[: token_counts.numel()]
-        active = f > 0
-        n_active += active.sum((0, 1))
-        sum_act += f.sum((0, 1), dtype=torch.float64)
-        rowmax, argpos = f.max(dim=1)  # [b, d]: the best position of each row for each latent
-        max_act = torch.maximum(max_act, rowmax.max(0).values)
-        lat, vals = active.nonzero()[:, 2], f[active]
-        bins = ((vals.log10() - log_min) * cfg.bins_per_decade).floor().long().add(1).clamp(0, nb + 1)
-        hist += torch.bincount(lat * (nb + 2) + bins, minlength=hist.numel())
-
-        win = argpos.T[..., None] + offsets  # [d, b, W] positions around each row's maximum
-        valid = (win >= 0) & (win < s)
-        win = win.clamp(0, s - 1)
-        w_acts = f.permute(2, 0, 1).gather(2, win).masked_fill(~valid, 0.0)
-        w_toks = ids[None].expand(d, b, s).gather(2, win).masked_fill(~valid, -1).int()
-        w_hash = ((w_toks.long() + 2) * mix).sum(-1)
-        vals_db = rowmax.T
-        rows = torch.arange(b0, b0 + b, device=dev).expand(d, b)
-        pos = argpos.T
-        score = vals_db.masked_fill(vals_db <= 0, -1.0)
-        top.update(score, vals_db, rows, pos, w_acts, w_toks, w_hash)
-        keys = torch.rand(d, b, generator=gen).to(dev).masked_fill(vals_db <= 0, -1.0)
-        rnd.update(keys, vals_db, rows, pos, w_acts, w_toks, w_hash)
-
-    lens = logit_lens(model, sae.W_dec, cfg.n_logit_tokens)
-    tensors = {"max_act": max_act.cpu(), "sum_act": sum_act.cpu(), "n_active": n_active.cpu(),
-               "hist": hist.view(d, nb + 2).cpu(), "token_counts": token_counts.cpu(),
-               **top.tensors("top"), **rnd.tensors("random"),
-               **{f"logit_{k}": v for k, v in lens.items()}}
-    meta = {"key": key, "config": asdict(cfg), "hook": hook, "d_sae": d, "n_tokens": int(keep.sum()),
-            "n_rows": int(tokens.shape[0]), "sae_path": getattr(sae, "_steerlens_path", None)}
-    stats = FeatureStats(tensors, meta)
     from features.labels import auto_labels
 
+    cfg = cfg or AnalysisConfig()
+    hook = check_sae(model, sae)
+    tokens, keep = _kept_positions(tokens, mask, cfg)
+    key = {"model": model_hash(model), "sae": sae_digest(sae), "hook": hook,
+           "data_sha256": data_digest(tokens, keep), "config": asdict(cfg)}
+    cached = _cached(cache_dir, key)
+    if cached is not None:
+        return cached
+
+    d = sae.cfg.d_sae
+    run = _Running(d, model.cfg.d_vocab, cfg, sae.W_dec.device)  # bookkeeping stays on the SAE's device
+    for b0 in tqdm(range(0, tokens.shape[0], cfg.batch_size), desc="feature stats", disable=not progress, unit="batch"):
+        ids = tokens[b0:b0 + cfg.batch_size]
+        _, f = feature_acts(model, sae, ids, hook)
+        run.add(b0, ids, keep[b0:b0 + cfg.batch_size], f)
+
+    lens = logit_lens(model, sae.W_dec, cfg.n_logit_tokens)
+    tensors = {**run.tensors(), **{f"logit_{k}": v for k, v in lens.items()}}
+    meta = {"key": key, "config": asdict(cfg), "hook": hook, "d_sae": d, "n_tokens": int(keep.sum()),
+            "n_rows": int(tokens.shape[0]), "sae_path": sae_path(sae)}
+    stats = FeatureStats(tensors, meta)
     stats.meta["labels"] = auto_labels(stats, model.tokenizer)
     if cache_dir is not None:
         stats.save(cache_dir)
-        plot_density(stats, Path(cache_dir) / "feature_density.png")
+        plot_feature_density(stats, Path(cache_dir) / "feature_density.png")
     return stats
 
 
-def plot_density(stats: FeatureStats, path: str | Path) -> None:
-    """Histogram of log10 firing density across latents (dead latents counted in the title)."""
-    import matplotlib
+def feature_labels(sae_dir: str | Path | None, ids: list[int], stats_dir: str | Path | None = None) -> dict[int, str]:
+    """Labels of latents `ids` from a saved analysis in `stats_dir`, the SAE directory or its
+    `features/` / `analysis/` subfolder; empty when none exists (labels are optional)."""
+    roots = [Path(stats_dir)] if stats_dir else []
+    if sae_dir:
+        roots += [Path(sae_dir), Path(sae_dir) / "features", Path(sae_dir) / "analysis"]
+    for r in roots:
+        if (r / "analysis.json").is_file():
+            labels = read_json(r / "analysis.json").get("labels") or []
+            return {i: labels[i] for i in ids if i < len(labels)}
+    return {}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    from lm.io import atomic_path
-
-    dens = stats.density
-    alive = dens > 0
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(dens[alive].log10().numpy(), bins=50, color="#e07b39")
-    ax.set_xlabel("log10 firing density (fraction of tokens)")
-    ax.set_ylabel("latents")
-    ax.set_title(f"{int(alive.sum())} of {stats.d_sae} latents fire; {stats.n_tokens} tokens")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+def plot_feature_density(stats: FeatureStats, path: str | Path) -> None:
+    """Histogram of log10 firing density across latents (how many fire counted in the title)."""
+    alive = int((stats.density > 0).sum())
+    plot_density_histogram(stats.density, path, f"{alive} of {stats.d_sae} latents fire; {stats.n_tokens} tokens",
+                           color="#e07b39", dpi=100)

@@ -17,9 +17,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from tqdm.auto import tqdm
 
 from lm.io import atomic_path, read_json
+from saes.access import check_features
 from features.analysis import FeatureStats
 from features.labels import token_text
-from features.sae import check_features
 
 TEMPLATES = Path(__file__).parent / "templates"
 

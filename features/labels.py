@@ -10,23 +10,25 @@ of dashboards and to spot the latent a concept search lands on.
 from __future__ import annotations
 
 import math
+import weakref
 from collections import defaultdict
-from functools import lru_cache
+
+# Decoded token strings per tokenizer, held beside it rather than as an attribute on it; a tokenizer
+# that cannot be weakly referenced (or hashed) is decoded uncached.
+_DECODED: "weakref.WeakKeyDictionary[object, dict[int, str]]" = weakref.WeakKeyDictionary()
 
 
 def token_text(tokenizer, i: int) -> str:
-    return _decoder(tokenizer)(int(i))
-
-
-def _decoder(tokenizer):
-    dec = getattr(tokenizer, "_steerlens_decode", None)
-    if dec is None:
-        dec = lru_cache(maxsize=None)(lambda i: tokenizer.decode([i]))
-        try:
-            setattr(tokenizer, "_steerlens_decode", dec)
-        except AttributeError:
-            pass
-    return dec
+    """`tokenizer.decode([i])`, cached per tokenizer (labels and dashboards decode each id many times)."""
+    i = int(i)
+    try:
+        cache = _DECODED.setdefault(tokenizer, {})
+    except TypeError:
+        return tokenizer.decode([i])
+    s = cache.get(i)
+    if s is None:
+        s = cache[i] = tokenizer.decode([i])
+    return s
 
 
 def _norm(s: str) -> str:

@@ -27,6 +27,6 @@ def random_sae(d_in: int = 64, d_sae: int = 96, hook: str = "blocks.1.hook_resid
     if path is None:
         return sae.eval()
     sae.save_model(str(path))
-    from features.sae import load_sae
+    from saes.access import load_sae
 
     return load_sae(path)

@@ -63,14 +63,3 @@ def render(tokenizer, conv: Conversation, add_generation_prompt: bool = False) -
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     mask = [any(s <= a and b <= e and b > a for s, e in spans) for a, b in enc["offset_mapping"]]
     return Rendered(torch.tensor(enc["input_ids"]), torch.tensor(mask, dtype=torch.bool), text)
-
-
-def left_pad(seqs: list[torch.Tensor], pad_id: int) -> tuple[Int[torch.Tensor, "batch seq"], Int[torch.Tensor, "batch seq"]]:
-    """Stack sequences with left padding (what KV-cached generation wants); returns ids, attention mask."""
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-    att = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, n - len(s):] = s
-        att[i, n - len(s):] = 1
-    return ids, att

@@ -7,12 +7,16 @@ and, for every bridge HookPoint that has hooks attached, call that very HookPoin
 place. Hooks are still added the TransformerLens way (`with model.hooks(...)`), there is one hook
 mechanism, and the bridge stays the model users see. Any other active hook point falls back to the
 bridge's own forward, so nothing is silently skipped.
+
+Each bridge's FastPath lives in a registry keyed weakly by the bridge (nothing is attached to it);
+the FastPath holds the bridge weakly too, so dropping the model frees both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 
 import torch
 from torch import nn
@@ -38,7 +42,7 @@ class FastPath:
     """A stock HF causal LM aliasing the bridge's parameters, with routed hook points."""
 
     def __init__(self, bridge):
-        self.bridge = bridge
+        self._bridge = weakref.ref(bridge)  # a strong one would keep the registry's key alive
         src = bridge.original_model
         config = copy.deepcopy(src.config)
         config._attn_implementation = "sdpa"
@@ -63,6 +67,10 @@ class FastPath:
         self.layers = self._find_layers(hf, bridge.cfg.n_layers)
         self._anchor = src.get_input_embeddings()
         self.routes = self._routes()
+
+    @property
+    def bridge(self):
+        return self._bridge()
 
     @staticmethod
     def _find_layers(hf, n_layers: int) -> nn.ModuleList:
@@ -140,10 +148,12 @@ def _attach(module: nn.Module, hook_point: nn.Module, kind: str):
     return module.register_forward_hook(post)
 
 
+_FAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # bridge -> its FastPath
+
+
 def fast_path(bridge) -> FastPath:
     """The bridge's FastPath, built on first use and rebuilt if its weights were replaced."""
-    fp = getattr(bridge, "_steerlens_fast", None)
+    fp = _FAST.get(bridge)
     if fp is None or fp.stale():
-        fp = FastPath(bridge)
-        object.__setattr__(bridge, "_steerlens_fast", fp)  # not a submodule: no double parameters
+        fp = _FAST[bridge] = FastPath(bridge)
     return fp

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from jaxtyping import Int
 from tqdm.auto import tqdm
 
-from lm.chat import Conversation, as_conversation, left_pad, render
+from lm.batch import pad
+from lm.chat import Conversation, as_conversation, render
 from lm.fastpath import fast_path
 
 
@@ -50,12 +51,13 @@ class Generation:
         return self.conversation + [{"role": "assistant", "content": self.text}]
 
 
-@dataclass
+@dataclass(eq=False)  # identity hash: steering keys per-generation buffers by the state object
 class DecodeState:
+    """What hooks may ask about the forward they are in during `generate` (one per batch)."""
     prompt_len: int  # padded prompt length: positions >= prompt_len are generated tokens
     next_offset: int = 0
-    offset: int = 0
-    extra: dict = field(default_factory=dict)
+    offset: int = 0  # absolute position of the first token of the current forward
+    first_token: Int[torch.Tensor, " b"] | None = None  # each row's first real position (left padding)
 
 
 _STATE: contextvars.ContextVar[DecodeState | None] = contextvars.ContextVar("decode_state", default=None)
@@ -86,13 +88,13 @@ def context_size(model) -> int:
 
 
 @contextlib.contextmanager
-def tracking(runner, prompt_len: int):
+def tracking(runner, prompt_len: int, first_token: Int[torch.Tensor, " b"] | None = None):
     """Publish decode positions for hooks: each forward advances the offset by its length.
 
     Assumes KV-cached decoding (each forward continues the last); a forward that re-feeds the whole
     sequence must open its own `tracking` context.
     """
-    st = DecodeState(prompt_len=prompt_len)
+    st = DecodeState(prompt_len=prompt_len, first_token=first_token)
 
     def pre(module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -148,12 +150,12 @@ def generate(
     batches = range(0, len(convs), cfg.batch_size)
     for b in tqdm(batches, desc="generate", disable=not progress or len(batches) < 2):
         chunk = rendered[b:b + cfg.batch_size]
-        ids, att = left_pad(chunk, tok.pad_token_id)
+        ids, att, _ = pad(chunk, tok.pad_token_id, side="left")
         ids, att = ids.to(device), att.to(device)
         torch.manual_seed(cfg.seed + b)  # per-batch seed: reproducible for a fixed batching
         sample = cfg.temperature > 0
-        with torch.no_grad(), hooked_runner(model, fwd_hooks) as runner, tracking(runner, ids.shape[1]) as st:
-            st.extra["first_token"] = (att == 0).sum(1)  # each row's first real position (left padding)
+        with torch.no_grad(), hooked_runner(model, fwd_hooks) as runner, \
+                tracking(runner, ids.shape[1], first_token=(att == 0).sum(1)):
             seqs = runner.generate(
                 input_ids=ids, attention_mask=att, max_new_tokens=cfg.max_new_tokens,
                 min_new_tokens=cfg.min_new_tokens or None, do_sample=sample, temperature=cfg.temperature if sample else None,

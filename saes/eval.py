@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from sae_lens.evals import ExplainedVarianceCalculator
 from tqdm.auto import tqdm
 
@@ -33,6 +33,36 @@ def _ce_sum(logits: torch.Tensor, ids: torch.Tensor, first: int) -> torch.Tensor
     return F.cross_entropy(logits[:, first:-1].flatten(0, 1).float(), ids[:, first + 1:].flatten(), reduction="sum")
 
 
+def _splice_losses(sae, model, ids: Int[torch.Tensor, "b s"], hook: str, first: int):
+    """Summed LM loss clean, with the SAE's reconstruction spliced in, and zero-ablated; plus the
+    activations (positions >= first), their reconstruction and the latent activations."""
+    seen = {}
+
+    def capture(x, hook):
+        seen["x"] = x.detach().clone()
+        return x
+
+    with model.hooks(fwd_hooks=[(hook, capture)]):
+        clean = _ce_sum(model(ids), ids, first).item()
+    x = seen["x"][:, first:]
+    if x.shape[-1] != sae.cfg.d_in:
+        raise ValueError(f"SAE d_in is {sae.cfg.d_in} but {hook} has width {x.shape[-1]}: "
+                         "this SAE was trained on another hook or model.")
+    acts = sae.encode(x.to(sae.device, sae.dtype))
+    recon = sae.decode(acts).to(x.device, x.dtype)
+
+    def splice(h, hook, new=recon):
+        h = h.clone()
+        h[:, first:] = new
+        return h
+
+    with model.hooks(fwd_hooks=[(hook, splice)]):
+        spliced = _ce_sum(model(ids), ids, first).item()
+    with model.hooks(fwd_hooks=[(hook, lambda h, hook: splice(h, hook, torch.zeros_like(recon)))]):
+        zero = _ce_sum(model(ids), ids, first).item()
+    return {"clean": clean, "sae": spliced, "zero": zero}, x, recon, acts
+
+
 @torch.no_grad()
 def evaluate_sae(sae, model, tokens: Int[torch.Tensor, "rows seq"], hook: str | None = None,
                  cfg: EvalConfig | None = None, progress: bool = True) -> dict:
@@ -46,37 +76,14 @@ def evaluate_sae(sae, model, tokens: Int[torch.Tensor, "rows seq"], hook: str | 
     if tokens.ndim != 2 or tokens.shape[1] < first + 2:
         raise ValueError(f"tokens must be [rows, seq] with seq >= {first + 2}, got {tuple(tokens.shape)}.")
     device = next(model.parameters()).device
-    sae_device, sae_dtype = sae.device, sae.dtype
     ev = ExplainedVarianceCalculator()
     fires = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
     l0_sum, n_tok, n_pred = 0.0, 0, 0
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     for b in tqdm(range(0, tokens.shape[0], cfg.batch_size), desc="eval sae", disable=not progress):
         ids = tokens[b:b + cfg.batch_size].to(device)
-        seen = {}
-
-        def capture(x, hook):
-            seen["x"] = x.detach().clone()
-            return x
-
-        with model.hooks(fwd_hooks=[(hook, capture)]):
-            ce["clean"] += _ce_sum(model(ids), ids, first).item()
-        x = seen["x"][:, first:]
-        if x.shape[-1] != sae.cfg.d_in:
-            raise ValueError(f"SAE d_in is {sae.cfg.d_in} but {hook} has width {x.shape[-1]}: "
-                             "this SAE was trained on another hook or model.")
-        acts = sae.encode(x.to(sae_device, sae_dtype))
-        recon = sae.decode(acts).to(x.device, x.dtype)
-
-        def splice(h, hook, new=recon):
-            h = h.clone()
-            h[:, first:] = new
-            return h
-
-        with model.hooks(fwd_hooks=[(hook, splice)]):
-            ce["sae"] += _ce_sum(model(ids), ids, first).item()
-        with model.hooks(fwd_hooks=[(hook, lambda h, hook: splice(h, hook, torch.zeros_like(recon)))]):
-            ce["zero"] += _ce_sum(model(ids), ids, first).item()
+        losses, x, recon, acts = _splice_losses(sae, model, ids, hook, first)
+        ce = {k: ce[k] + losses[k] for k in ce}
         flat_x, flat_r, on = x.flatten(0, 1).float(), recon.flatten(0, 1).float(), acts.flatten(0, 1) != 0
         ev.add_batch(sae_output=flat_r, hidden_acts=flat_x)
         fires += on.sum(0).double().cpu()
@@ -101,30 +108,36 @@ def evaluate_sae(sae, model, tokens: Int[torch.Tensor, "rows seq"], hook: str | 
     }
 
 
-def plot_density(metrics: dict, path: str | Path, title: str = "") -> Path:
-    """Histogram of log10 firing frequency over the live latents; dead ones are counted in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_density_histogram(density: Float[torch.Tensor, " d_sae"], path: str | Path, title: str,
+                           dense_threshold: float | None = None, color: str = "tab:blue", dpi: int = 110) -> Path:
+    """Histogram of log10 firing frequency over the live latents (the one density plot: SAE evals and
+    feature analyses both draw it). A matplotlib `Figure`, not pyplot: no process-wide backend switch."""
+    from matplotlib.figure import Figure
 
     from lm.io import atomic_path
 
-    d = torch.tensor(metrics["feature_density"])
-    live = d[d > 0]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(live.log10().numpy(), bins=50, color="tab:blue")
-    dense = metrics["eval_config"]["dense_threshold"]
-    ax.axvline(torch.tensor(dense).log10().item(), color="tab:red", ls="--", lw=1, label=f"dense ({dense})")
+    live = density[density > 0]
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    ax.hist(live.log10().numpy(), bins=50, color=color)
+    if dense_threshold is not None:
+        ax.axvline(torch.tensor(dense_threshold).log10().item(), color="tab:red", ls="--", lw=1,
+                   label=f"dense ({dense_threshold})")
+        ax.legend()
     ax.set_xlabel("log10 feature density (fraction of tokens)")
     ax.set_ylabel("latents")
-    ax.set_title(f"{title}  L0 {metrics['l0']:.1f}, dead {int((d == 0).sum())}/{len(d)}".strip())
-    ax.legend()
+    ax.set_title(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+        fig.savefig(tmp, format="png", dpi=dpi)
     return Path(path)
+
+
+def plot_density(metrics: dict, path: str | Path, title: str = "") -> Path:
+    """The density histogram of an `evaluate_sae` result; dead latents are counted in the title."""
+    d = torch.tensor(metrics["feature_density"])
+    return plot_density_histogram(d, path, f"{title}  L0 {metrics['l0']:.1f}, dead {int((d == 0).sum())}/{len(d)}".strip(),
+                                  metrics["eval_config"]["dense_threshold"])
 
 
 def evaluate_dir(sae_dir: str | Path, model=None, data: str | None = None, tokens: int | None = None,
@@ -137,7 +150,7 @@ def evaluate_dir(sae_dir: str | Path, model=None, data: str | None = None, token
     from lm.model import load_model
     from saes.config import TrainConfig
     from saes.data import split_rows
-    from saes.io import load_sae
+    from saes.access import load_sae
 
     sae_dir = Path(sae_dir)
     sae = load_sae(sae_dir, device=device or "cpu")

@@ -1,4 +1,6 @@
-"""SAE directories on disk: SAELens format (`cfg.json` + `sae_weights.safetensors` + sparsity) plus our JSON.
+"""Writing SAE directories: SAELens format (`cfg.json` + `sae_weights.safetensors` + sparsity) plus our JSON.
+
+Reading them is `saes.access.load_sae`, the one loader.
 
 Writes are atomic per file and `cfg.json` lands last, so a directory with a `cfg.json` always holds
 a complete SAE: that file is what marks "this directory already holds an SAE".
@@ -16,39 +18,12 @@ from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_
 
 from lm.io import write_json
 
-__all__ = ["SAE_CFG_FILENAME", "SAE_WEIGHTS_FILENAME", "SPARSITY_FILENAME", "holds_sae", "load_sae", "save_sae"]
+__all__ = ["SAE_CFG_FILENAME", "SAE_WEIGHTS_FILENAME", "SPARSITY_FILENAME", "holds_sae", "save_sae"]
 
 
 def holds_sae(path: str | Path) -> bool:
     path = Path(path)
     return (path / SAE_CFG_FILENAME).is_file() or any(path.glob(f"*/{SAE_CFG_FILENAME}"))
-
-
-_CACHE: dict[tuple[str, str, float], object] = {}
-
-
-def load_sae(path: str | Path, device: str | torch.device = "cpu"):
-    """A `sae_lens.SAE` (eval mode, no grads) from a directory we or SAELens wrote; the one loader
-    every package uses. Cached per (path, device, weights mtime), and it remembers its path so
-    interventions built from it serialise as `{"sae": path}`."""
-    from sae_lens import SAE
-
-    path = Path(path).expanduser()
-    if not (path / SAE_CFG_FILENAME).is_file() or not (path / SAE_WEIGHTS_FILENAME).is_file():
-        subs = sorted(p.parent.name for p in path.glob(f"*/{SAE_CFG_FILENAME}"))
-        hint = (f" It holds several SAEs: {subs}; load one of those subdirectories." if subs else
-                " Train one with scripts/train_sae.py, or pass the directory of an SAE saved with "
-                "`sae.save_model(dir)`.")
-        raise FileNotFoundError(f"{path} is not an SAE directory (SAELens format needs {SAE_CFG_FILENAME} and "
-                                f"{SAE_WEIGHTS_FILENAME}).{hint}")
-    key = (str(path.resolve()), str(device), (path / SAE_WEIGHTS_FILENAME).stat().st_mtime)
-    sae = _CACHE.get(key)
-    if sae is None:
-        sae = SAE.load_from_disk(str(path), device=str(device))
-        sae.eval().requires_grad_(False)
-        object.__setattr__(sae, "_steerlens_path", str(path))
-        _CACHE[key] = sae
-    return sae
 
 
 def save_sae(sae, path: str | Path, sparsity=None, extra_json: dict[str, dict] | None = None) -> Path:

@@ -15,7 +15,6 @@ Checkpoints and the activation cache live in `<out>/.work/` and are removed once
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import uuid
@@ -25,11 +24,13 @@ import torch
 
 from lm.harvest import check_hook_names, forward_batch
 from lm.io import read_json, write_json
+from lm.tracking import finish_run, start_run, wandb_module
 from saes import ddp
 from saes.config import TrainConfig, config_diff
 from saes.data import ShardedBatches, harvest_shards, norm_stats, split_rows
 from saes.eval import evaluate_sae, plot_density
-from saes.io import holds_sae, load_sae, save_sae
+from saes.access import load_sae
+from saes.io import holds_sae, save_sae
 
 WORK = ".work"
 STATE = "steerlens_state.json"  # written last into a cached-mode checkpoint: marks it complete
@@ -218,21 +219,19 @@ def _train_stream(cfg, specs, model, train_rows, work, ckpt, device, wandb_on, r
     return saes, {n: load_file(str(d / "sparsity.safetensors"))["sparsity"] for n, d in dirs.items()}
 
 
-def _wandb(enabled: bool):
-    """W&B offline unless the user configured it (WANDB_MODE / WANDB_API_KEY / `wandb login`)."""
-    if not enabled:
-        return None
-    import netrc
-
-    try:
-        logged_in = bool(netrc.netrc(os.environ.get("NETRC")).authenticators("api.wandb.ai"))
-    except (FileNotFoundError, netrc.NetrcParseError):
-        logged_in = False
-    if "WANDB_MODE" not in os.environ and not os.environ.get("WANDB_API_KEY") and not logged_in:
-        os.environ["WANDB_MODE"] = "offline"
-    import wandb
-
+def _start_wandb(cfg: TrainConfig, run_id: str):
+    """`wandb` (offline unless WANDB_MODE says otherwise); in cached mode the run is opened here, in
+    stream mode SAELens's runner opens it."""
+    wandb = wandb_module(quiet=False)
+    if cfg.data_mode == "cached":
+        start_run(project=WANDB_PROJECT, id=run_id, name=run_id, config=cfg.to_dict(), resume="allow", quiet=False)
     return wandb
+
+
+def _log_final(wandb, run_id: str, name: str, metrics: dict) -> None:
+    if wandb.run is None:  # stream mode: the runner closed its run; reopen it for the results
+        start_run(project=WANDB_PROJECT, id=run_id, name=run_id, resume="allow", quiet=False)
+    wandb.log({f"{name}/final/{k}": v for k, v in _flat(metrics).items()})
 
 
 def train_sae(cfg: TrainConfig, out: str | Path, *, resume: bool | str | Path = False, overwrite: bool = False,
@@ -262,9 +261,7 @@ def train_sae(cfg: TrainConfig, out: str | Path, *, resume: bool | str | Path = 
         eval_rows, train_rows = split_rows(cfg, model.tokenizer)
         if not resume:
             run_id = _start_run(work, cfg, rank)
-        wandb = _wandb(log_to_wandb and rank == 0)
-        if wandb is not None and cfg.data_mode == "cached":
-            wandb.init(project=WANDB_PROJECT, id=run_id, name=run_id, config=cfg.to_dict(), resume="allow")
+        wandb = _start_wandb(cfg, run_id) if log_to_wandb and rank == 0 else None
         t0 = time.time()
         if cfg.data_mode == "cached":
             saes, sparsity = _train_cached(cfg, specs, model, train_rows, work, ckpt, rank, world, device,
@@ -292,11 +289,9 @@ def train_sae(cfg: TrainConfig, out: str | Path, *, resume: bool | str | Path = 
         write_json(dest / "metrics.json", metrics)
         paths[name] = dest
         if wandb is not None:
-            if wandb.run is None:  # stream mode: the runner closed its run; reopen it for the results
-                wandb.init(project=WANDB_PROJECT, id=run_id, name=run_id, resume="allow")
-            wandb.log({f"{name}/final/{k}": v for k, v in _flat(metrics).items()})
-    if wandb is not None and wandb.run is not None:
-        wandb.finish()
+            _log_final(wandb, run_id, name, metrics)
+    if wandb is not None:
+        finish_run()
     shutil.rmtree(work, ignore_errors=True)
     return paths
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from lm.generate import GenerationConfig, generate
+from lm.model import load_model
 from steering import DEFAULT_SAE, Cap, SAECap, Steering, load_sae
 
 from axis.artifact import AssistantAxis
-from axis.build import open_model
 from axis.capping import CapConfig, capping, parse_band
 
 
@@ -33,7 +33,7 @@ def random_sae(d_model: int, layer: int, seed: int = 0):
     return StandardSAE(cfg).eval().requires_grad_(False)
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--device", default=None)
@@ -45,10 +45,10 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
 
-    model = open_model(args.model, args.device)
+    model = load_model(args.model, device=args.device)
     n_layers, d = model.cfg.n_layers, model.cfg.d_model
     band = parse_band(args.band, n_layers)
     sae_dir = args.sae or (DEFAULT_SAE if (Path(DEFAULT_SAE) / "cfg.json").is_file() and args.model != "tiny" else None)

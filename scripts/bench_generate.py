@@ -10,18 +10,19 @@ import time
 
 import torch
 
-from lm.chat import left_pad, render
+from lm.batch import pad
+from lm.chat import render
 from lm.generate import GenerationConfig, generate
 from lm.model import EMBEDDED, load_bare_hf, load_model
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=EMBEDDED)
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--batch-sizes", default="1,32")
     ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
 
     model = load_model(args.model)
@@ -35,8 +36,8 @@ def main():
     for bs in map(int, args.batch_sizes.split(",")):
         prompts = [f"Tell me one surprising fact about topic number {i}." for i in range(bs)]
         cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, temperature=0.7, top_p=0.9, batch_size=bs)
-        ids, att = left_pad([render(tok, [{"role": "user", "content": p}], True).ids for p in prompts],
-                            tok.pad_token_id)
+        ids, att, _ = pad([render(tok, [{"role": "user", "content": p}], True).ids for p in prompts],
+                          tok.pad_token_id, side="left")
 
         def ours():
             generate(model, prompts, cfg, fwd_hooks=noop, progress=False, seed=0)

@@ -15,7 +15,7 @@ from lm.harvest import HarvestConfig, harvest
 from lm.model import EMBEDDED, load_bare_hf, load_model
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=EMBEDDED)
     ap.add_argument("--layer", type=int, default=15)
@@ -23,7 +23,7 @@ def main():
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
 
     model = load_model(args.model)

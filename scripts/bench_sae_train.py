@@ -16,7 +16,7 @@ import time
 import torch
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--d-in", type=int, default=576)
     ap.add_argument("--d-sae", type=int, default=4608)
@@ -25,7 +25,7 @@ def main():
     ap.add_argument("--cached-tokens", type=int, default=32_768)
     ap.add_argument("--steps", type=int, default=6, help="steps per timed run")
     ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig

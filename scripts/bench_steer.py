@@ -6,7 +6,7 @@ add back the change to its target) at the SAE's hook. Theirs: the same raw vecto
 same bare HF `generate` unsteered. Same prompts, fixed number of new tokens, sampling with a fixed
 seed; the five sides alternate within each repeat so machine noise hits all of them, and the best
 of the repeats counts. It also times the clamp's per-step feature read, the lean TopK read
-(`steering.sae.feature_reader`) against a full `sae.encode`. Speed does not depend on SAE weights,
+(`saes.access.feature_reader`) against a full `sae.encode`. Speed does not depend on SAE weights,
 so when no trained SAE exists a randomly initialised TopK SAE of the default shape is used (flagged
 in the output). Last stdout line: one JSON object; "ratio" is the worse of our two ratios.
 """
@@ -18,11 +18,13 @@ from pathlib import Path
 
 import torch
 
-from lm.chat import left_pad, render
+from lm.batch import pad
+from lm.chat import render
 from lm.generate import GenerationConfig, generate
 from lm.model import EMBEDDED, load_bare_hf, load_model
 from steering import Add, Clamp
-from steering.sae import DEFAULT_SAE, feature_reader, load_concepts, load_sae, sae_hook
+from features import load_concept_latents
+from saes.access import DEFAULT_SAE, feature_reader, load_sae, sae_hook
 
 
 def random_sae(d_in: int, hook: str, d_sae: int, k: int):
@@ -51,7 +53,7 @@ def read_cost(sae, feature: int, bs: int, d: int, n: int = 2000) -> dict:
     return {"clamp_read_us_lean": round(best["lean"], 1), "clamp_read_us_encode": round(best["encode"], 1)}
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=EMBEDDED)
     ap.add_argument("--sae", default=DEFAULT_SAE, help="trained SAE dir; if absent a random TopK SAE is timed")
@@ -61,7 +63,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
@@ -73,7 +75,7 @@ def main():
         sae = load_sae(args.sae)
         hook = sae_hook(sae)
         try:
-            c = next(iter(load_concepts(args.sae).values()))
+            c = next(iter(load_concept_latents(args.sae).values()))
             feature, value = int(c["latent"]), 10.0 * float(c["max_activation"])
         except FileNotFoundError:
             feature, value = 0, 10.0
@@ -97,7 +99,7 @@ def main():
     tok, n, bs = model.tokenizer, args.new_tokens, args.batch_size
     prompts = [f"Tell me one surprising fact about topic number {i}." for i in range(bs)]
     cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, temperature=0.7, top_p=0.9, batch_size=bs)
-    ids, att = left_pad([render(tok, [{"role": "user", "content": p}], True).ids for p in prompts], tok.pad_token_id)
+    ids, att, _ = pad([render(tok, [{"role": "user", "content": p}], True).ids for p in prompts], tok.pad_token_id, side="left")
     ids, att = ids.to(bare.device), att.to(bare.device)
     add_hooks, clamp_hooks = add.hooks(model), clamp.hooks(model)
 

@@ -25,16 +25,20 @@ from pathlib import Path
 
 from lm.io import write_json
 from lm.model import EMBEDDED, load_model
+from lm.tracking import MODES
+from saes.access import DEFAULT_SAE
 from steering.amplification import EXPERIMENTS, STRENGTHS, AmplificationConfig, run_amplification
-from steering.compare import MODES
-from steering.experiment import add_sweep_args, sweep_settings
-from steering.sae import DEFAULT_SAE
+
+try:  # imported as scripts.clamp (tests), or run as scripts/clamp.py with scripts/ on sys.path
+    from scripts._flags import add_sweep_args, sweep_settings
+except ModuleNotFoundError:
+    from _flags import add_sweep_args, sweep_settings
 
 
-def parse(argv=None):
+def parse(argv: list[str] | None = None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=EMBEDDED)
-    ap.add_argument("--sae", default=DEFAULT_SAE, help="SAELens SAE directory (with concepts.json)")
+    ap.add_argument("--sae", default=str(DEFAULT_SAE), help="SAELens SAE directory (with concepts.json)")
     ap.add_argument("--experiments", default="golden_gate,sycophancy")
     ap.add_argument("--gg-latent", type=int, help="Golden Gate latent id (default: concepts.json)")
     ap.add_argument("--gg-max-act", type=float, help="its max activation (default: concepts.json)")
@@ -46,7 +50,7 @@ def parse(argv=None):
     return ap.parse_args(argv)
 
 
-def main(argv=None, model=None) -> dict:
+def main(argv: list[str] | None = None, model=None) -> dict:
     args = parse(argv)
     names = [n for n in args.experiments.split(",") if n]
     unknown = [n for n in names if n not in EXPERIMENTS]

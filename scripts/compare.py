@@ -15,21 +15,28 @@ import argparse
 import json
 from pathlib import Path
 
+from features import concept_latent, load_concept
 from lm.io import read_json
 from lm.model import EMBEDDED, load_model
-from steering.compare import MODES, run_comparison
-from steering.experiment import Condition, EvalConfig, add_sweep_args, sweep_conditions, sweep_settings
-from steering.metrics import load_concept, load_data
-from steering.sae import DEFAULT_SAE, concept_latent
+from lm.tracking import MODES
+from saes.access import DEFAULT_SAE
+from steering.compare import run_comparison
+from steering.experiment import Condition, ConceptEvalConfig, sweep_conditions
+from steering.metrics import load_data
+
+try:  # imported as scripts.compare (tests), or run as scripts/compare.py with scripts/ on sys.path
+    from scripts._flags import add_sweep_args, sweep_settings
+except ModuleNotFoundError:
+    from _flags import add_sweep_args, sweep_settings
 
 
-def parse(argv=None):
+def parse(argv: list[str] | None = None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=EMBEDDED)
     ap.add_argument("--concept", default="golden_gate_bridge", help="features/concepts/<name>.json")
     ap.add_argument("--prompts", default="unrelated_questions", help="steering/data/<name>.json or a JSON list file")
     ap.add_argument("--conditions", help="JSON file of conditions; default: the sweep below")
-    ap.add_argument("--sae", default=DEFAULT_SAE)
+    ap.add_argument("--sae", default=str(DEFAULT_SAE))
     ap.add_argument("--latent", type=int, help="default: <sae>/concepts.json")
     ap.add_argument("--max-activation", type=float, help="default: <sae>/concepts.json")
     add_sweep_args(ap, "0,1,2,5,10,20,50")
@@ -40,7 +47,7 @@ def parse(argv=None):
     return ap.parse_args(argv)
 
 
-def main(argv=None, model=None) -> dict:
+def main(argv: list[str] | None = None, model=None) -> dict:
     args = parse(argv)
     path = Path(args.prompts)
     prompts = read_json(path) if path.suffix == ".json" else load_data(args.prompts)
@@ -53,7 +60,7 @@ def main(argv=None, model=None) -> dict:
         latent, max_act = concept_latent(args.sae, args.concept, args.latent, args.max_activation)
         conds = sweep_conditions(model, args.sae, latent, max_act, strengths, load_concept(args.concept), families,
                                  args.seed)
-    cfg = EvalConfig(args.concept, prompts, gen, args.neutral_texts, args.neutral_max_tokens)
+    cfg = ConceptEvalConfig(args.concept, prompts, gen, args.neutral_texts, args.neutral_max_tokens)
     record = run_comparison(model, conds, cfg, args.out, project=args.project, group=args.group, mode=args.mode)
     out = {r["condition"]["name"]: {k: r["metrics"][k] for k in ("concept_rate", "description_logprob", "ppl", "kl_neutral")}
            for r in record["results"]}

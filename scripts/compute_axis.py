@@ -19,8 +19,9 @@ import shutil
 from pathlib import Path
 
 from lm.io import read_json, write_json
+from lm.model import load_model
 
-from axis.build import AxisConfig, build_axis, open_model
+from axis.build import AxisConfig, build_axis
 from axis.sae_basis import BAND_DIR
 
 EXPORT = ["axis.safetensors", "axis.json", "config.json", "sae_axis.safetensors", "sae_axis.json",
@@ -41,7 +42,7 @@ def export(run: Path, dest: Path, transcripts: bool) -> None:
         shutil.copy2(run / "transcripts.json", dest / "transcripts.json")
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=AxisConfig.model, help="'smollm2-135m-instruct', a HF dir, or 'tiny'")
     ap.add_argument("--device", default=None)
@@ -66,7 +67,7 @@ def main():
     ap.add_argument("--feature-stats", default=None, help="features analysis dir with latent labels")
     ap.add_argument("--export", default=None, help="copy the artifact here (e.g. axis/pretrained/smollm2-default)")
     ap.add_argument("--export-transcripts", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     full = args.full
     cfg = AxisConfig(
@@ -79,7 +80,7 @@ def main():
         harvest_batch_size=args.harvest_batch_size, adherence_filter=args.filter,
         drop_empty_roles=args.drop_empty_roles, sae=args.sae, band_saes=args.band_sae, feature_stats=args.feature_stats)
     out = Path(args.out or f"runs/axis/{Path(str(args.model)).name}")
-    model = open_model(args.model, args.device)
+    model = load_model(args.model, device=args.device)
     ax = build_axis(model, cfg, out)
     if args.export:
         export(out, Path(args.export), args.export_transcripts)

@@ -12,21 +12,10 @@ import argparse
 import dataclasses
 import time
 
-from features.analysis import AnalysisConfig, analyze
-from features.concepts import dataset_tokens
+from features.analysis import AnalysisConfig, analyze, dataset_tokens
 from features.dashboard import write_dashboards
-from features.sae import DEFAULT_SAE, load_sae
-from lm.model import EMBEDDED
-
-
-def load(name: str, device: str | None):
-    if name == "tiny":
-        from lm.testing import tiny_model
-
-        return tiny_model()
-    from lm.model import load_model
-
-    return load_model(name, device=device)
+from saes.access import DEFAULT_SAE, load_sae
+from lm.model import EMBEDDED, load_model
 
 
 def parse_features(spec: str | None) -> list[int] | None:
@@ -40,7 +29,7 @@ def parse_features(spec: str | None) -> list[int] | None:
     return out
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sae", default=str(DEFAULT_SAE))
     ap.add_argument("--model", default=EMBEDDED, help="model name, local HF dir, or 'tiny'")
@@ -52,9 +41,9 @@ def main():
     ap.add_argument("--features", default=None, help="e.g. '0-99,512' (default: all latents)")
     for f in dataclasses.fields(AnalysisConfig):
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    model = load(args.model, args.device)
+    model = load_model(args.model, device=args.device)
     sae = load_sae(args.sae, device=str(next(model.original_model.parameters()).device))
     cfg = AnalysisConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnalysisConfig)})
     tokens = dataset_tokens(args.data, model.tokenizer, args.context_size, args.max_tokens)

@@ -17,20 +17,10 @@ import json
 from pathlib import Path
 
 from features.analysis import AnalysisConfig, analyze
-from features.concepts import SearchConfig, dataset_tokens, format_example, search_concept, write_concepts_json
+from features import SearchConfig, dataset_tokens, format_example, search_concept, write_concepts_json
 from features.dashboard import feature_page, write_dashboards
-from features.sae import DEFAULT_SAE, load_sae
-from lm.model import EMBEDDED
-
-
-def load(name: str, device: str | None):
-    if name == "tiny":
-        from lm.testing import tiny_model
-
-        return tiny_model()
-    from lm.model import load_model
-
-    return load_model(name, device=device)
+from saes.access import DEFAULT_SAE, load_sae
+from lm.model import EMBEDDED, load_model
 
 
 def report(result, tokenizer, dashboards: Path | None, n_examples: int) -> None:
@@ -54,7 +44,7 @@ def report(result, tokenizer, dashboards: Path | None, n_examples: int) -> None:
             print("  " + format_example(tokenizer, ex))
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concept", action="append", required=True, help="shipped concept name or JSON file (repeatable)")
     ap.add_argument("--sae", default=str(DEFAULT_SAE), help="SAELens SAE directory")
@@ -71,9 +61,9 @@ def main():
     ap.add_argument("--context-size", type=int, default=128)
     ap.add_argument("--out", default=None, help="also save each result as JSON + raw direction here")
     ap.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    model = load(args.model, args.device)
+    model = load_model(args.model, device=args.device)
     sae = load_sae(args.sae, device=str(next(model.original_model.parameters()).device))
     cfg = SearchConfig(wrap=args.wrap, read=args.read, top=args.top)
     dash = Path(args.dashboards) if args.dashboards else None

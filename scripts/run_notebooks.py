@@ -31,13 +31,13 @@ def run(path: Path, small: bool = False, timeout: int = 3600, out: Path | None =
     return dest
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("notebooks", nargs="*", type=Path)
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--out", type=Path, help="directory for executed copies (default: in place; required with --small)")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.small and args.out is None:
         raise SystemExit("--small runs would overwrite the committed full-settings outputs; give --out DIR.")
     for path in args.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb")):

@@ -17,12 +17,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from features import concept_latent, load_concept
 from lm.generate import GenerationConfig
 from lm.io import write_json
+from saes.access import DEFAULT_SAE
 from steering.compare import run_comparison
-from steering.experiment import FAMILIES, EvalConfig, sweep_conditions
-from steering.metrics import load_concept, load_data
-from steering.sae import DEFAULT_SAE, concept_latent
+from steering.experiment import FAMILIES, ConceptEvalConfig, sweep_conditions
+from steering.metrics import load_data
 
 EXPERIMENTS = {
     "golden_gate": {"concept": "golden_gate_bridge", "prompts": "unrelated_questions", "strength": 10.0,
@@ -36,7 +37,7 @@ STRENGTHS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
 
 @dataclass
 class AmplificationConfig:
-    sae: str = DEFAULT_SAE
+    sae: str = str(DEFAULT_SAE)
     latent: int | None = None  # default: <sae>/concepts.json
     max_activation: float | None = None
     strengths: list[float] = field(default_factory=lambda: list(STRENGTHS))
@@ -103,7 +104,7 @@ def run_amplification(model, experiment: str, out_dir: str | Path, cfg: Amplific
     strengths = sorted(set(cfg.strengths) | {spec["strength"]})
     conds = sweep_conditions(model, cfg.sae, latent, max_act, strengths, load_concept(spec["concept"]),
                              cfg.families, cfg.seed)
-    ev = EvalConfig(spec["concept"], prompts, cfg.generation, cfg.neutral_texts, cfg.neutral_max_tokens)
+    ev = ConceptEvalConfig(spec["concept"], prompts, cfg.generation, cfg.neutral_texts, cfg.neutral_max_tokens)
     tag = f"{spec['strength']:g}x"
     record = run_comparison(model, conds, ev, out_dir, mode=cfg.wandb, title=spec["title"],
                             group=f"clamp-{experiment}", side_by_side_names=["baseline"] + [f"{f}_{tag}" for f in cfg.families],

@@ -14,38 +14,28 @@ same results are written beside the runs, so nothing depends on a W&B server:
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from lm.io import write_json
 from lm.model import model_hash
-from steering.experiment import (Condition, EvalConfig, Evaluator, collapse_strength, metrics_table,
-                                 plot_dose_response, side_by_side)
+from lm.tracking import MODES, finish_run, start_run
+from steering.experiment import (Condition, ConceptEvalConfig, Evaluator, check_names, collapse_strength,
+                                 metrics_table, plot_dose_response, run_conditions, side_by_side)
 
-MODES = ("offline", "online", "disabled")
 
-
-def run_comparison(model, conditions: list[Condition], cfg: EvalConfig, out_dir: str | Path, *,
+def run_comparison(model, conditions: list[Condition], cfg: ConceptEvalConfig, out_dir: str | Path, *,
                    project: str = "steerlens", group: str | None = None, mode: str = "offline",
                    title: str = "", side_by_side_names: list[str] | None = None, extra: dict | None = None,
                    progress: bool = True) -> dict:
     """Evaluate `conditions`, write the local report, log one W&B run per condition; returns the record."""
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: use one of {MODES} (offline needs no server).")
+    check_names(conditions)
     names = [c.name for c in conditions]
-    if not conditions or len(set(names)) != len(names):
-        raise ValueError(f"Conditions need unique names, got {names}.")
     out = Path(out_dir)
     group = group or f"{cfg.concept}-{time.strftime('%Y%m%d-%H%M%S')}"
-    evaluator = Evaluator(model, cfg)
-    results = []
-    for cond in tqdm(conditions, desc="conditions", disable=not progress):
-        r = evaluator(cond)
-        results.append(r)
-        write_json(out / "conditions" / f"{cond.name}.json", r)
+    results = run_conditions(conditions, Evaluator(model, cfg), each_dir=out / "conditions", progress=progress)
     summary = {}
     for fam in sorted({c.family for c in conditions} - {"baseline"}):
         summary[f"collapse_strength/{fam}"] = collapse_strength(results, fam)
@@ -68,16 +58,13 @@ def run_comparison(model, conditions: list[Condition], cfg: EvalConfig, out_dir:
 
 def _log_wandb(results, config, plot, out: Path, project, group, mode) -> list[str]:
     """One run per condition; returns each run's local directory (…/wandb/offline-run-*/files)."""
-    os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
-    settings = wandb.Settings(silent=True, console="off", disable_git=True, save_code=False,
-                              x_disable_stats=True, x_disable_meta=True, x_save_requirements=False)
     dirs = []
     for r in results:
         c, m = r["condition"], r["metrics"]
-        run = wandb.init(project=project, group=group, name=c["name"], job_type="steering", dir=str(out),
-                         mode=mode, config={**config, "condition": c}, reinit="finish_previous", settings=settings)
+        run = start_run(project=project, group=group, name=c["name"], job_type="steering", dir=str(out),
+                        mode=mode, config={**config, "condition": c})
         try:
             scalars = {k: v for k, v in m.items() if isinstance(v, (int, float))}
             table = wandb.Table(columns=["prompt", "answer", "concept_hit", "ppl"],
@@ -86,53 +73,6 @@ def _log_wandb(results, config, plot, out: Path, project, group, mode) -> list[s
             run.summary.update({**scalars, "family": c["family"], "strength": c["strength"]})
             dirs.append(str(Path(run.dir).parent))
         finally:
-            run.finish()
-    wandb.teardown()  # wandb-core closes run logs asynchronously; this waits until they are on disk
+            finish_run(run, teardown=False)
+    finish_run(teardown=True)
     return dirs
-
-
-def read_offline_run(run_dir: str | Path) -> dict:
-    """Config, final summary and history rows of a run, read from its `run-*.wandb` transaction log.
-
-    Offline runs keep everything in that log (a LevelDB-style record log of protobuf `Record`s)
-    and W&B 0.31 ships no Python reader for it; this lets tests and reports check what was logged.
-    """
-    import json
-    import struct
-
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    files = sorted(Path(run_dir).glob("run-*.wandb"))
-    if not files:
-        raise FileNotFoundError(f"No run-*.wandb log in {run_dir}; pass a wandb/offline-run-* directory.")
-    data, block, pos, chunks, buf = files[0].read_bytes(), 32768, 7, [], b""  # 7-byte ':W&B' header
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # block trailer too short for a record header: padding
-            pos += block - pos % block
-            continue
-        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0:
-            break
-        piece, pos = data[pos + 7:pos + 7 + n], pos + 7 + n
-        buf = piece if kind in (1, 2) else buf + piece  # full / first / middle / last
-        if kind in (1, 4):
-            chunks.append(buf)
-
-    def key(item):
-        return ".".join(item.nested_key) if item.nested_key else item.key
-
-    run = {"name": None, "group": None, "config": {}, "summary": {}, "history": []}
-    for raw in chunks:
-        rec = pb.Record()
-        rec.ParseFromString(raw)
-        kind = rec.WhichOneof("record_type")
-        if kind == "run":
-            run["name"], run["group"] = rec.run.display_name, rec.run.run_group
-        if kind in ("run", "config"):
-            cfg = rec.run.config if kind == "run" else rec.config
-            run["config"].update({key(u): json.loads(u.value_json) for u in cfg.update})
-        elif kind == "summary":
-            run["summary"].update({key(u): json.loads(u.value_json) for u in rec.summary.update})
-        elif kind == "history":
-            run["history"].append({key(i): json.loads(i.value_json) for i in rec.history.item})
-    return run

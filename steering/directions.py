@@ -13,28 +13,29 @@ from __future__ import annotations
 import torch
 from jaxtyping import Float
 
+from lm.batch import pad
 from lm.harvest import HarvestConfig, harvest
-from steering.metrics import right_pad
+from saes.access import decoder_rows
+from features.stats import mean_difference
 
 
 def difference_of_means(model, hook: str, positive: list[str], negative: list[str],
                         batch_size: int = 16) -> Float[torch.Tensor, " d"]:
+    """Mean activation at `hook` over the positive texts' tokens minus that over the negative texts'."""
     if not positive or not negative:
         raise ValueError("difference_of_means needs positive and negative texts.")
     tok = model.tokenizer
 
-    def mean(texts):
+    def acts(texts):
         seqs = [torch.tensor(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
-        ids, att = right_pad(seqs, tok.pad_token_id)
-        acts = harvest(model, ids, [hook], HarvestConfig(batch_size=batch_size), mask=att.bool(), progress=False)[hook]
-        return acts.float().mean(0)
-    return mean(positive) - mean(negative)
+        batch = pad(seqs, tok.pad_token_id)
+        return harvest(model, batch.ids, [hook], HarvestConfig(batch_size=batch_size),
+                       mask=batch.attention_mask.bool(), progress=False)[hook].float()
+    return mean_difference(acts(positive), acts(negative))
 
 
 def feature_edit_norm(sae, feature: int, value: float) -> float:
     """Norm of what a feature at activation `value` adds to the SAE's reconstruction."""
-    from steering.sae import decoder_rows
-
     row = decoder_rows(sae, torch.tensor([feature], device=sae.W_dec.device))[0]
     return abs(value) * float(row.norm())
 

@@ -1,23 +1,31 @@
 """Run steering conditions on the same prompts and seeds, score them, and plot dose-response curves.
 
 A `Condition` is a named intervention (None = the unsteered baseline) with a family and strength
-for plotting. `Evaluator` generates answers under one condition and computes every metric of
-`steering.metrics`; `sweep_conditions` builds the amplification sweep: the SAE clamp at multiples
-of the feature's max activation, the raw difference-of-means direction added at the matched norm
-and a random direction of the same norm.
+for plotting. `run_conditions` is the one sweep loop: any evaluator function over a list of
+conditions, each result written atomically as it arrives (the concept comparisons here and the cap
+evaluation in `axis.evaluate` both use it). `Evaluator` generates answers under one condition and
+computes every metric of `steering.metrics`; `sweep_conditions` builds the amplification sweep: the
+SAE clamp at multiples of the feature's max activation, the raw difference-of-means direction added
+at the matched norm and a random direction of the same norm.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from features import load_concept
 from lm.generate import GenerationConfig, generate
+from lm.io import write_json
 from steering.directions import difference_of_means, feature_edit_norm, random_direction, with_norm
-from steering.interventions import Add, Clamp, Intervention, from_dict
-from steering.metrics import (DESCRIPTION_PROMPT, NeutralKL, answer_perplexity, concept_hits, description_logprob,
-                              load_concept)
-from steering.sae import prepare
+from steering.intervention import Intervention, from_dict
+from steering.metrics import DESCRIPTION_PROMPT, NeutralKL, answer_perplexity, concept_hits, description_logprob
+from steering.sae_edits import Clamp, prepare_sae
+from steering.vectors import Add
 
 METRICS = ("concept_rate", "description_logprob", "ppl", "kl_neutral")
 LABELS = {"concept_rate": "concept rate", "description_logprob": "description log-prob / token",
@@ -30,20 +38,44 @@ class Condition:
     name: str
     steering: Intervention | None = None  # None: the unsteered baseline
     family: str = "baseline"
-    strength: float = 0.0  # multiple of the feature's max activation (matched for raw directions)
+    strength: float = 0.0  # multiple of the feature's max activation (matched for raw directions); a cap's percentile
+    config: dict | None = None  # what built `steering`, kept for the record (e.g. a cap's CapConfig.to_dict())
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "family": self.family, "strength": self.strength,
-                "steering": self.steering.to_dict() if self.steering is not None else None}
+        d = {"name": self.name, "family": self.family, "strength": self.strength,
+             "steering": self.steering.to_dict() if self.steering is not None else None}
+        return d if self.config is None else {**d, "config": self.config}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Condition":
         steer = from_dict(d["steering"]) if d.get("steering") else None
-        return cls(d["name"], steer, d.get("family", "baseline"), d.get("strength", 0.0))
+        return cls(d["name"], steer, d.get("family", "baseline"), d.get("strength", 0.0), d.get("config"))
+
+
+def check_names(conditions: list[Condition]) -> None:
+    names = [c.name for c in conditions]
+    if not conditions or len(set(names)) != len(names):
+        raise ValueError(f"Conditions need unique names, got {names}.")
+
+
+def run_conditions(conditions: list[Condition], evaluate: Callable[[Condition], dict], *,
+                   each_dir: str | Path | None = None, partial: str | Path | None = None,
+                   progress: bool = False) -> list[dict]:
+    """`evaluate` every condition in order, writing each result atomically as soon as it exists:
+    to `each_dir/<name>.json` and/or the list so far to `partial`, so a killed sweep keeps what it measured."""
+    check_names(conditions)
+    results = []
+    for cond in tqdm(conditions, desc="conditions", disable=not progress):
+        results.append(evaluate(cond))
+        if each_dir is not None:
+            write_json(Path(each_dir) / f"{cond.name}.json", results[-1])
+        if partial is not None:
+            write_json(partial, results)
+    return results
 
 
 @dataclass
-class EvalConfig:
+class ConceptEvalConfig:
     concept: str  # features/concepts/<concept>.json
     prompts: list[str]
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(
@@ -59,14 +91,14 @@ class EvalConfig:
 class Evaluator:
     """Score conditions on fixed prompts; the unsteered neutral-text distribution is computed once."""
 
-    def __init__(self, model, cfg: EvalConfig):
-        from steering.metrics import load_data
+    def __init__(self, model, cfg: ConceptEvalConfig):
+        from lm.prompts import load_prompt_set
 
         if not cfg.prompts:
-            raise ValueError("EvalConfig.prompts is empty.")
+            raise ValueError("ConceptEvalConfig.prompts is empty.")
         self.model, self.cfg = model, cfg
         self.concept = load_concept(cfg.concept)
-        self.kl = NeutralKL(model, load_data("neutral_text")[:cfg.neutral_texts], cfg.neutral_max_tokens)
+        self.kl = NeutralKL(model, load_prompt_set("neutral_text")[:cfg.neutral_texts], cfg.neutral_max_tokens)
 
     def __call__(self, cond: Condition) -> dict:
         hooks = cond.steering.hooks(self.model) if cond.steering is not None else []
@@ -97,7 +129,7 @@ def sweep_conditions(model, sae, latent: int, max_activation: float, strengths: 
     if not math.isfinite(max_activation) or max_activation <= 0:
         raise ValueError(f"max_activation must be a positive number, got {max_activation}.")
     concept = load_concept(concept) if isinstance(concept, str) else concept
-    sae_obj, hook = prepare(sae, model, None, "sweep")
+    sae_obj, hook = prepare_sae(sae, model, None, "sweep")
     conds = [Condition("baseline")]
     raw = rnd = None
     if "raw_add" in families:
@@ -188,25 +220,3 @@ def metrics_table(results: list[dict]) -> str:
         lines.append(f"| {c['name']} | {c['family']} | {c['strength']:g} | "
                      + " | ".join(f"{m[k]:.4g}" for k in METRICS) + " |")
     return "\n".join(lines)
-
-
-def add_sweep_args(ap, strengths: str) -> None:
-    """The command-line flags scripts/clamp.py and scripts/compare.py share: sweep, generation, scoring."""
-    ap.add_argument("--strengths", default=strengths, help="comma-separated multiples of the max activation")
-    ap.add_argument("--families", default=",".join(FAMILIES))
-    ap.add_argument("--n-prompts", type=int, default=None, help="first N prompts only (default all)")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--repetition-penalty", type=float, default=1.1)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--neutral-texts", type=int, default=8)
-    ap.add_argument("--neutral-max-tokens", type=int, default=96)
-
-
-def sweep_settings(args) -> tuple[list[float], list[str], GenerationConfig]:
-    """(strengths, families, generation config) from the flags of `add_sweep_args`."""
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
-                           batch_size=args.batch_size, repetition_penalty=args.repetition_penalty)
-    return ([float(x) for x in args.strengths.split(",") if x.strip()],
-            [f for f in args.families.split(",") if f], gen)

@@ -6,7 +6,7 @@
   as the assistant's reply, under the steered model (rises as the concept takes over);
 - answer perplexity: perplexity of each answer under the *unsteered* model (fluency);
 - neutral KL: KL(steered || unsteered) of next-token distributions on held-out neutral text
-  (`steering/data/neutral_text.json`), averaged over tokens: how much else the steering moves.
+  (`lm.prompts.load_prompt_set("neutral_text")`), averaged over tokens: how much else the steering moves.
 
 Model-based metrics run the HF fast path with the intervention's hooks (`lm.generate.hooked_runner`).
 A plain forward has no generated tokens, so interventions restricted to positions="generated" do
@@ -21,35 +21,23 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 
+from lm.batch import pad
 from lm.chat import render
 from lm.generate import tracking, hooked_runner
-from lm.io import read_json
+from lm.prompts import load_prompt_set, read_prompt_set
 
-CONCEPTS_DIR = Path(__file__).resolve().parent.parent / "features" / "concepts"
+from features import load_concept
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DESCRIPTION_PROMPT = "Tell me about something."
 
 
-def load_concept(name: str | Path) -> dict:
-    """A concept record (name, description, keywords, ...) by name or path."""
-    path = Path(name)
-    if not path.suffix:
-        path = CONCEPTS_DIR / f"{name}.json"
-    if not path.is_file():
-        known = sorted(p.stem for p in CONCEPTS_DIR.glob("*.json"))
-        raise FileNotFoundError(f"No concept file {path}; known concepts: {known}.")
-    concept = read_json(path)
-    for key in ("name", "description", "keywords"):
-        if key not in concept:
-            raise ValueError(f"{path} lacks {key!r}; a concept needs name, description and keywords.")
-    return concept
-
-
 def load_data(name: str) -> list[str]:
-    """`unrelated_questions`, `dubious_claims` or `neutral_text` from steering/data/."""
-    return read_json(DATA_DIR / f"{name}.json")
+    """A steering prompt set from steering/data/ (`unrelated_questions`, `dubious_claims`); the
+    shared neutral text is `lm.prompts.load_prompt_set("neutral_text")`."""
+    return read_prompt_set(DATA_DIR, name)
 
 
 @lru_cache(maxsize=None)
@@ -74,16 +62,6 @@ def _device(model) -> torch.device:
     return next(model.original_model.parameters()).device
 
 
-def right_pad(seqs: list[torch.Tensor], pad_id: int) -> tuple[Int[torch.Tensor, "b s"], Int[torch.Tensor, "b s"]]:
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-    att = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = s
-        att[i, :len(s)] = 1
-    return ids, att
-
-
 def _logprobs(runner, ids, att) -> Float[torch.Tensor, "b s vocab"]:
     logits = runner(input_ids=ids, attention_mask=att, use_cache=False).logits
     return logits.float().log_softmax(-1)
@@ -96,13 +74,12 @@ def scored_nll(model, seqs: list[tuple[torch.Tensor, torch.Tensor]], hooks=(), b
     With `as_generated` (one sequence per forward) the tokens from the first masked one on count as
     generated positions for the hooks, as they would during generation.
     """
-    pad, device, out = model.tokenizer.pad_token_id, _device(model), []
+    pad_id, device, out = model.tokenizer.pad_token_id, _device(model), []
     step = 1 if as_generated else batch_size
     for b in range(0, len(seqs), step):
         chunk = seqs[b:b + step]
-        ids, att = right_pad([s[0] for s in chunk], pad)
-        mask, _ = right_pad([s[1].long() for s in chunk], 0)
-        ids, att, mask = ids.to(device), att.to(device), mask.to(device).bool()
+        ids, att, mask = pad([s[0] for s in chunk], pad_id, masks=[s[1] for s in chunk])
+        ids, att, mask = ids.to(device), att.to(device), mask.to(device)
         with torch.no_grad(), hooked_runner(model, hooks) as runner:
             if as_generated:
                 first = int(mask[0].nonzero()[0]) if mask[0].any() else ids.shape[1]
@@ -148,7 +125,7 @@ class NeutralKL:
     """KL(steered || unsteered) on neutral text; the unsteered log-probs are computed once and kept."""
 
     def __init__(self, model, texts: list[str] | None = None, max_tokens: int = 96, batch_size: int = 8):
-        texts = texts if texts is not None else load_data("neutral_text")
+        texts = texts if texts is not None else load_prompt_set("neutral_text")
         if not texts:
             raise ValueError("NeutralKL needs at least one text.")
         tok = model.tokenizer
@@ -156,7 +133,7 @@ class NeutralKL:
         self.model = model
         self.batches = []
         for b in range(0, len(seqs), batch_size):
-            ids, att = right_pad(seqs[b:b + batch_size], tok.pad_token_id)
+            ids, att, _ = pad(seqs[b:b + batch_size], tok.pad_token_id)
             self.batches.append((ids.to(_device(model)), att.to(_device(model))))
         self.clean = [self._lp(ids, att, ()) for ids, att in self.batches]
 

@@ -1,5 +1,6 @@
 """Assistant Axis math on synthetic activations with known answers, the banks, save/load, bad input."""
 
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -7,13 +8,22 @@ import torch
 
 from axis import data
 from axis.artifact import AssistantAxis
-from axis.capping import CapConfig, cap_specs, check_percentile, default_band, parse_band
-from axis.compute import (assistant_axis, auroc, cosine, default_mean, monitor_layer, pca, project, role_means,
-                          separation, unit)
+from axis.capping import CapConfig, cap_interventions, default_band, parse_band
+from steering.projection import check_percentile
+from axis.compute import (assistant_axis, cosine, default_mean, layer_projections, pca, pick_monitor_layer,
+                          role_means, separation, unit)
 from axis.rollouts import DEFAULT, make_specs
 from axis.sae_basis import FeatureAxis, decoder_stats
+from lm.model import remember_source
 
 L, D = 3, 8
+
+
+class Model:
+    """A stand-in model with just `cfg`; hashable and weakly referenceable like a real one."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
 
 
 def synthetic(n_per_role=(4, 1, 2, 3), n_default=5, gap=3.0, noise=0.0, seed=0):
@@ -79,12 +89,17 @@ def test_projection_separation_and_monitor_layer():
     is_def = torch.tensor([r == DEFAULT for r in roles])
     _, rm, _ = role_means(acts, roles)
     ax = assistant_axis(default_mean(acts, roles), rm)
-    proj = project(acts, ax)
+    proj = layer_projections(acts, ax)
     torch.testing.assert_close(proj, acts @ unit(ax[0]))
     sep = separation(proj, is_def)
     assert (sep["auroc"] == 1.0).all() and (sep["d_prime"] > 3).all()
-    assert auroc(torch.tensor([0.0, 1.0]), torch.tensor([0.5])) == 0.5
-    assert monitor_layer(torch.tensor([9.0, 1.0, 3.0, 2.0, 9.0])) == 2  # first and last layers skipped
+    assert sep["auroc"].dtype == torch.float32
+    two = separation(torch.tensor([[0.0], [1.0], [0.5]]), torch.tensor([True, True, False]))
+    assert two["auroc"].tolist() == [0.5]  # ties count half
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # std/var of no rows
+        assert separation(proj, torch.zeros(len(roles), dtype=torch.bool))["auroc"].isnan().all()  # no defaults
+    assert pick_monitor_layer(torch.tensor([9.0, 1.0, 3.0, 2.0, 9.0])) == 2  # first and last layers skipped
 
 
 def make_axis(n_layers=L, d=D, model="unknown"):
@@ -93,7 +108,7 @@ def make_axis(n_layers=L, d=D, model="unknown"):
     names, rm, _ = role_means(acts, roles)
     dm = default_mean(acts, roles)
     ax = assistant_axis(dm, rm)
-    return AssistantAxis(axis=ax, default_mean=dm, role_means=rm, role_names=names, projections=project(acts, ax),
+    return AssistantAxis(axis=ax, default_mean=dm, role_means=rm, role_names=names, projections=layer_projections(acts, ax),
                          is_default=is_def, kept=torch.ones(len(roles), dtype=torch.bool), model=model,
                          model_name="synthetic", extra={"pc1": ax.clone()}, stats={"monitor_layer": 1},
                          config={"note": "test"})
@@ -114,22 +129,22 @@ def test_tau_is_a_percentile_of_pooled_projections_and_checks_range():
         check_percentile(101)
 
 
-def test_bands_and_cap_specs():
+def test_bands_and_cap_interventions():
     assert default_band(30) == list(range(21, 27))  # ~72-88% depth, like the paper's best bands
     assert parse_band("2-4", 30) == [2, 3, 4] and parse_band("1,5", 30) == [1, 5] and parse_band("auto", 30) == default_band(30)
     for bad in ("28-31", "x", "-1,3"):
         with pytest.raises(ValueError):
             parse_band(bad, 30)
     ax = make_axis()
-    specs = cap_specs(ax, CapConfig(layers=[1, 2], percentile=60))
+    specs = cap_interventions(ax, CapConfig(layers=[1, 2], percentile=60))
     assert [s.hook for s in specs] == ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
     assert specs[0].tau == pytest.approx(ax.tau(1, 60)) and specs[1].direction.norm() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="out of range"):
-        cap_specs(ax, CapConfig(layers=[0, 7]))
+        cap_interventions(ax, CapConfig(layers=[0, 7]))
     with pytest.raises(ValueError, match="0-100"):
-        cap_specs(ax, CapConfig(layers=[0], percentile=150))
+        cap_interventions(ax, CapConfig(layers=[0], percentile=150))
     with pytest.raises(ValueError, match="no SAE-basis axis"):
-        cap_specs(ax, CapConfig(basis="sae"))
+        cap_interventions(ax, CapConfig(basis="sae"))
 
 
 def test_save_load_round_trip_and_model_checks(tmp_path):
@@ -153,7 +168,8 @@ def test_save_load_round_trip_and_model_checks(tmp_path):
     with pytest.raises(ValueError, match="3 layers"):
         got.check_model(fake)
     other = make_axis(model="embedded:something-else")
-    fake = SimpleNamespace(cfg=SimpleNamespace(d_model=D, n_layers=L), _steerlens_source="local:tiny-llama-s0")
+    fake = Model(cfg=SimpleNamespace(d_model=D, n_layers=L))
+    remember_source(fake, "local:tiny-llama-s0")
     with pytest.raises(ValueError, match="computed on embedded:something-else"):
         other.check_model(fake)
     with pytest.raises(FileNotFoundError, match="not a saved axis"):

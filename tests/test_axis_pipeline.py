@@ -12,31 +12,17 @@ from axis import AssistantAxis, AxisConfig, CapConfig, DriftConfig, build_axis, 
 from axis.capping import CapMonitor
 from axis.drift import turn_masks
 from axis.rollouts import response_tokens
-from axis.sae_basis import encode, feature_labels, raw_layer
+from axis.sae_basis import raw_layer
+from saes.access import encode
 
-SAE_HOOK = "blocks.2.hook_resid_post"
-
-
-
-@pytest.fixture(scope="module")
-def sae_dir(tmp_path_factory):
-    from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    torch.manual_seed(0)
-    sae = StandardSAE(StandardSAEConfig(d_in=64, d_sae=128, metadata=SAEMetadata(hook_name=SAE_HOOK)))
-    with torch.no_grad():
-        sae.b_enc.fill_(0.05)  # make features fire on the tiny model's small activations
-    path = tmp_path_factory.mktemp("sae")
-    sae.save_model(str(path))
-    return str(path)
+SAE_HOOK = "blocks.2.hook_resid_post"  # where conftest's relu_sae_dir reads
 
 
 @pytest.fixture(scope="module")
-def built(tiny, sae_dir, tmp_path_factory):
+def built(tiny, relu_sae_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("axis")
     cfg = AxisConfig(model="tiny", roles=["sea_captain", "pirate", "house_cat"], prompts_per_role=2, n_questions=2,
-                     max_new_tokens=6, sae=sae_dir, chunk_size=8, gen_batch_size=8)
+                     max_new_tokens=6, sae=relu_sae_dir, chunk_size=8, gen_batch_size=8)
     return out, cfg, build_axis(tiny, cfg, out, progress=False)
 
 
@@ -89,7 +75,7 @@ def test_activations_average_response_tokens_only(tiny, built):
     assert empty.isnan().all()  # no response tokens: a NaN row the axis drops
 
 
-def test_sae_basis_projection_and_stats(tiny, built, sae_dir):
+def test_sae_basis_projection_and_stats(tiny, built, relu_sae_dir):
     _, _, ax = built
     fa = ax.feature
     assert fa.feature_axis.shape == (128,) and raw_layer(fa.hook_name) == 2 and fa.layer == 2
@@ -110,12 +96,6 @@ def test_sae_basis_projection_and_stats(tiny, built, sae_dir):
         project(torch.randn(2, 10), ax, "raw", layer=1)
     with pytest.raises(ValueError, match="hook_resid_post"):
         raw_layer("blocks.2.hook_attn_out")
-    assert feature_labels(None, [1, 2]) == {}
-
-
-def test_sae_labels_come_from_a_features_analysis(tmp_path):
-    (tmp_path / "analysis.json").write_text(json.dumps({"labels": ["a", "b", "bridge"]}))
-    assert feature_labels(str(tmp_path), [2, 0, 9]) == {2: "bridge", 0: "a"}
 
 
 def test_cap_floors_the_projection_and_counts_activity(tiny, built):
@@ -162,7 +142,7 @@ def test_sae_cap_raises_the_feature_projection(tiny, built):
     steer, specs = capping(ax, CapConfig(percentile=90, basis="sae"))
     conv = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "A cat, napping in the sun."}]
     ids, _ = response_tokens(tiny.tokenizer, make_spec(), conv[1]["content"])
-    sae, v = specs[0].sae, specs[0].direction
+    sae, v = specs[0].sae, specs[0].feature_axis
     with steer.apply(tiny):
         h = forward_batch(tiny, ids[None], [SAE_HOOK])[SAE_HOOK][0]
     clean = forward_batch(tiny, ids[None], [SAE_HOOK])[SAE_HOOK][0]
@@ -173,7 +153,7 @@ def test_sae_cap_raises_the_feature_projection(tiny, built):
 
 
 @pytest.fixture(scope="module")
-def band(tiny, sae_dir, tmp_path_factory):
+def band(tiny, relu_sae_dir, tmp_path_factory):
     """An axis with the layer-2 SAE plus band SAEs at layers 1 and 3."""
     from sae_lens import StandardSAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
@@ -188,13 +168,14 @@ def band(tiny, sae_dir, tmp_path_factory):
         sae.save_model(str(root / f"sae{l}"))
         dirs.append(str(root / f"sae{l}"))
     cfg = AxisConfig(model="tiny", roles=["sea_captain", "house_cat"], prompts_per_role=1, n_questions=2,
-                     max_new_tokens=6, sae=sae_dir, band_saes=dirs, chunk_size=8, gen_batch_size=8)
+                     max_new_tokens=6, sae=relu_sae_dir, band_saes=dirs, chunk_size=8, gen_batch_size=8)
     return root / "axis", dirs, build_axis(tiny, cfg, root / "axis", progress=False)
 
 
 def test_band_saes_cap_every_band_layer(tiny, band):
     """Band SAEs (one per layer) share one pass, save under sae_band/ and cap on their own layers."""
-    from axis.sae_basis import feature_means, load_sae
+    from axis.sae_basis import feature_means
+    from saes.access import load_sae
 
     path, dirs, ax = band
     assert [fa.layer for fa in ax.feature_band] == [1, 3] and ax.feature.layer == 2
@@ -226,26 +207,14 @@ def test_band_saes_cap_every_band_layer(tiny, band):
 
 def test_cap_script_runs_every_condition_and_logs_to_wandb(band, tmp_path, monkeypatch, capsys):
     """scripts/cap.py end to end on the tiny model: raw, single-SAE and band-SAE caps, steering, drift, W&B."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    from steering.compare import read_offline_run
+    from lm.tracking import read_offline_run
+    from scripts.cap import main
 
     path, _, _ = band
-    spec = importlib.util.spec_from_file_location("cap", Path(__file__).parent.parent / "scripts" / "cap.py")
-    cap = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cap)
     out = tmp_path / "cap"
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setattr(sys, "argv", ["cap.py", "--model", "tiny", "--axis", str(path), "--out", str(out), "--small",
-                                      "--bands", "1-2", "--percentiles", "75", "--windows", "0", "4"])
-    import wandb
-
-    try:
-        cap.main()
-    finally:
-        wandb.teardown()  # later tests set their own W&B environment, which a live session would ignore
+    main(["--model", "tiny", "--axis", str(path), "--out", str(out), "--small", "--bands", "1-2", "--percentiles", "75",
+          "--windows", "0", "4"])  # tears its W&B run down: later tests set their own W&B environment
     assert torch.is_grad_enabled()  # the script must not switch off autograd for later tests
     res = json.loads((out / "cap_results.json").read_text())
     names = [r["condition"] for r in res["conditions"]]
@@ -258,15 +227,16 @@ def test_cap_script_runs_every_condition_and_logs_to_wandb(band, tmp_path, monke
     assert [r["strength"] for r in res["steering"]["rows"]] == [-1.0, 0.0, 1.0]
     assert set(res["drift"]) == {"uncapped", "raw L1-2 p75"}
     assert (out / "steering_identity.png").is_file() and (out / "drift_capped.png").is_file()
+    assert json.loads((out / "cap_config.json").read_text())["generation"]["max_new_tokens"] == 8
+    assert json.loads((out / "conditions.partial.json").read_text())[-1]["condition"] == "sae L1,3 p75 w4"
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(last["results"]) == set(names)
     logged = read_offline_run(next((out / "wandb").glob("offline-run-*")))
     assert logged["summary"]["sae L1,3 p75/refusal_rate"] == res["conditions"][5]["refusal_rate"]
 
     # redoing one part keeps the others' results
-    monkeypatch.setattr(sys, "argv", ["cap.py", "--model", "tiny", "--axis", str(path), "--out", str(out), "--small",
-                                      "--parts", "steering", "--strengths", "-0.5", "0.5", "--no-wandb"])
-    cap.main()
+    main(["--model", "tiny", "--axis", str(path), "--out", str(out), "--small", "--parts", "steering",
+          "--strengths", "-0.5", "0.5", "--no-wandb"])
     again = json.loads((out / "cap_results.json").read_text())
     assert [r["strength"] for r in again["steering"]["rows"]] == [-0.5, 0.5]
     assert again["conditions"] == res["conditions"] and again["drift"] == res["drift"]
@@ -320,7 +290,7 @@ def test_real_model_axis_separates_unseen_roles(smollm, tmp_path):
     """A small SmolLM2 axis (6 roles x 3 questions) puts held-out default rollouts above rollouts of
     unseen roles on unseen questions (the substrate probe saw perfect separation at layers 10-20)."""
     from axis import data
-    from axis.compute import auroc
+    from features.stats import auroc
     from axis.rollouts import generate_rollouts, harvest_rollouts, make_specs
     from lm.generate import GenerationConfig
 

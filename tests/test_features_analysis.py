@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from features.analysis import AnalysisConfig, analyze
+from features.analysis import AnalysisConfig, analyze, feature_labels
 from features.labels import make_label
 from features.logit_lens import logit_lens
-from features.sae import check_features, check_sae, feature_acts, load_sae
 from features.testing import random_sae
 from lm.harvest import forward_batch
+from saes.access import check_features, check_sae, feature_acts, load_sae
 
-HOOK = "blocks.1.hook_resid_post"
+from tests.helpers import HOOK
 CFG = AnalysisConfig(n_examples=4, n_random=3, left=5, right=2, batch_size=5)
 
 
@@ -142,6 +142,15 @@ def test_labels(tiny, stats):
     assert len(stats.labels) == stats.d_sae
     alive = int(stats.t["n_active"].argmax())
     assert "→" in stats.labels[alive]
+    assert not hasattr(tok, "_steerlens_decode")  # decoded tokens are cached beside the tokenizer, not on it
+
+
+def test_feature_labels_read_a_saved_analysis(stats, stats_dir, tmp_path):
+    assert feature_labels(None, [1, 2]) == {} and feature_labels(tmp_path, [1]) == {}
+    assert feature_labels(None, [0, 5, 99], stats_dir) == {0: stats.labels[0], 5: stats.labels[5]}
+    (tmp_path / "analysis").mkdir()
+    (tmp_path / "analysis" / "analysis.json").write_text('{"labels": ["a", "b", "bridge"]}')
+    assert feature_labels(tmp_path, [2, 0, 9]) == {2: "bridge", 0: "a"}
 
 
 def test_bad_inputs(tiny, sae, stats, tmp_path):
@@ -149,7 +158,7 @@ def test_bad_inputs(tiny, sae, stats, tmp_path):
         stats.examples(48)
     with pytest.raises(IndexError, match="-1 is out of range"):
         check_features(48, [3, -1])
-    with pytest.raises(ValueError, match="d_in is 32"):
+    with pytest.raises(ValueError, match="vectors of size 32"):
         check_sae(tiny, random_sae(32, 16, HOOK))
     with pytest.raises(ValueError, match="does not have"):
         check_sae(tiny, random_sae(64, 16, "blocks.9.hook_resid_post"))

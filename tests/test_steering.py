@@ -5,31 +5,15 @@ import json
 import pytest
 import torch
 
-from lm.chat import left_pad, render
+from lm.batch import pad
+from lm.chat import render
 from lm.generate import GenerationConfig, generate
+from saes.access import FeatureIdError
 from steering import Ablate, Add, Cap, Clamp, SAECap, Scale, Steering, from_dict, load, load_sae
 
-HOOK = "blocks.1.hook_resid_post"
+from tests.helpers import HOOK, random_topk_sae_dir
+
 LATER = "blocks.3.hook_resid_post"
-
-
-
-def make_sae(path, hook=HOOK, d_in=64, d_sae=256, k=8, seed=0):
-    from sae_lens import TopKSAE, TopKSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    torch.manual_seed(seed)
-    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, metadata=SAEMetadata(hook_name=hook)))
-    sae.save_model(str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def sae_dir(tmp_path_factory):
-    path = make_sae(tmp_path_factory.mktemp("sae"))
-    concepts = {"golden_gate_bridge": {"latent": 7, "max_activation": 3.0, "auroc_heldout": 0.9}}
-    (tmp_path_factory.getbasetemp() / path / "concepts.json").write_text(json.dumps(concepts))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -84,34 +68,34 @@ def test_add_cap_ablate_match_their_formulas(tiny, ids):
     assert unhooked(tiny)
 
 
-def test_clamp_matches_saelens_reference_and_keeps_error(tiny, ids, sae_dir):
-    sae = load_sae(sae_dir)
+def test_clamp_matches_saelens_reference_and_keeps_error(tiny, ids, concept_sae_dir):
+    sae = load_sae(concept_sae_dir)
 
     def set7(f):
         f[..., 7] = 5.0
         return f
     ref_logits, ref = run(tiny, ids, [(HOOK, sae_reference(sae, set7))])
-    logits, h = run(tiny, ids, Clamp(sae_dir, {7: 5.0}).hooks(tiny))
+    logits, h = run(tiny, ids, Clamp(concept_sae_dir, {7: 5.0}).hooks(tiny))
     torch.testing.assert_close(h, ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
     clean_logits, clean = run(tiny, ids)
     assert (h - clean).abs().max() > 1e-2  # the clamp did something
 
 
-def test_no_feature_change_equals_clean_model_exactly(tiny, ids, sae_dir):
-    sae = load_sae(sae_dir)
+def test_no_feature_change_equals_clean_model_exactly(tiny, ids, concept_sae_dir):
+    sae = load_sae(concept_sae_dir)
     clean_logits, _ = run(tiny, ids)
     _, h = run(tiny, ids, capture=HOOK)
     acts = sae.encode(h)[0]
     never = int((acts > 0).sum(0).argmin())
     assert (acts[:, never] == 0).all()
-    for x in (Scale(sae_dir, [3, 7], 1.0), Clamp(sae_dir, {never: 0.0})):
+    for x in (Scale(concept_sae_dir, [3, 7], 1.0), Clamp(concept_sae_dir, {never: 0.0})):
         logits, _ = run(tiny, ids, x.hooks(tiny))
         assert torch.equal(logits, clean_logits), type(x).__name__
 
 
-def test_scale_ablate_and_saecap_match_reference(tiny, ids, sae_dir):
-    sae = load_sae(sae_dir)
+def test_scale_ablate_and_saecap_match_reference(tiny, ids, concept_sae_dir):
+    sae = load_sae(concept_sae_dir)
     _, h = run(tiny, ids, capture=HOOK)
     busy = int((sae.encode(h) > 0).sum((0, 1)).argmax())
 
@@ -122,7 +106,7 @@ def test_scale_ablate_and_saecap_match_reference(tiny, ids, sae_dir):
     def zero(f):
         f[..., busy] = 0
         return f
-    for x, fn in ((Scale(sae_dir, [busy], 3.0), times3), (Ablate(sae=sae_dir, features=[busy]), zero)):
+    for x, fn in ((Scale(concept_sae_dir, [busy], 3.0), times3), (Ablate(sae=concept_sae_dir, features=[busy]), zero)):
         _, got = run(tiny, ids, x.hooks(tiny))
         _, want = run(tiny, ids, [(HOOK, sae_reference(sae, fn))])
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
@@ -133,18 +117,18 @@ def test_scale_ablate_and_saecap_match_reference(tiny, ids, sae_dir):
 
     def cap(f):
         return f + a * torch.relu(tau - f @ a)[..., None]
-    _, got = run(tiny, ids, SAECap(sae_dir, axis, tau).hooks(tiny))
+    _, got = run(tiny, ids, SAECap(concept_sae_dir, axis, tau).hooks(tiny))
     _, want = run(tiny, ids, [(HOOK, sae_reference(sae, cap))])
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
-def test_relative_clamp_uses_max_activations(tiny, ids, sae_dir):
-    absolute, _ = run(tiny, ids, Clamp(sae_dir, {7: 6.0}).hooks(tiny))
-    given, _ = run(tiny, ids, Clamp(sae_dir, {7: 2.0}, relative=True, max_activations={7: 3.0}).hooks(tiny))
-    from_file, _ = run(tiny, ids, Clamp(sae_dir, {7: 2.0}, relative=True).hooks(tiny))  # concepts.json: 3.0
+def test_relative_clamp_uses_max_activations(tiny, ids, concept_sae_dir):
+    absolute, _ = run(tiny, ids, Clamp(concept_sae_dir, {7: 6.0}).hooks(tiny))
+    given, _ = run(tiny, ids, Clamp(concept_sae_dir, {7: 2.0}, relative=True, max_activations={7: 3.0}).hooks(tiny))
+    from_file, _ = run(tiny, ids, Clamp(concept_sae_dir, {7: 2.0}, relative=True).hooks(tiny))  # concepts.json: 3.0
     assert torch.equal(absolute, given) and torch.equal(absolute, from_file)
     with pytest.raises(KeyError, match="max activation"):
-        Clamp(sae_dir, {8: 2.0}, relative=True).hooks(tiny)
+        Clamp(concept_sae_dir, {8: 2.0}, relative=True).hooks(tiny)
 
 
 def test_positions_in_a_plain_forward(tiny, ids):
@@ -162,17 +146,17 @@ def test_positions_in_a_plain_forward(tiny, ids):
 
 @pytest.mark.parametrize("kind", ["add", "clamp"])
 @pytest.mark.parametrize("positions", ["generated", "prompt", "explicit"])
-def test_kv_cached_generation_matches_no_cache_reference(tiny, sae_dir, kind, positions):
+def test_kv_cached_generation_matches_no_cache_reference(tiny, concept_sae_dir, kind, positions):
     """Steer with the KV cache, then re-run prompt + answer in one uncached forward with a hand-made hook."""
     torch.manual_seed(3)
     v = torch.randn(64)
-    sae = load_sae(sae_dir)
+    sae = load_sae(concept_sae_dir)
     prompts = ["Hi!", "Could you tell me a long story about a small robot and a cat?"]
     tok = tiny.tokenizer
-    pids, att = left_pad([render(tok, [{"role": "user", "content": p}], True).ids for p in prompts], tok.pad_token_id)
+    pids, att, _ = pad([render(tok, [{"role": "user", "content": p}], True).ids for p in prompts], tok.pad_token_id, side="left")
     P, n = pids.shape[1], 8
     pos = {"generated": "generated", "prompt": "prompt", "explicit": [P - 2, P + 1, P + 4]}[positions]
-    steer = Add(HOOK, v, 3.0, positions=pos) if kind == "add" else Clamp(sae_dir, {7: 12.0}, positions=pos)
+    steer = Add(HOOK, v, 3.0, positions=pos) if kind == "add" else Clamp(concept_sae_dir, {7: 12.0}, positions=pos)
     chunks = []
 
     def cap(x, hook):
@@ -221,23 +205,24 @@ def windowed_reference(p, mask, window, tau, gain):
 
 
 @pytest.mark.parametrize("basis", ["raw", "sae"])
-def test_windowed_cap_kv_cached_matches_reference(tiny, sae_dir, basis):
+def test_windowed_cap_kv_cached_matches_reference(tiny, concept_sae_dir, basis):
     """The windowed cap keeps its last W projections across KV-cached steps, skips left padding and the
     sink, and equals a whole-sequence recomputation by hand; window=1 is the per-token cap exactly."""
     torch.manual_seed(5)
-    sae = load_sae(sae_dir)
+    sae = load_sae(concept_sae_dir)
     v = torch.randn(64) if basis == "raw" else torch.randn(256)
     u = v / v.norm()
     proj = (lambda x: x @ u) if basis == "raw" else (lambda x: sae.encode(x) @ u)
     along = u if basis == "raw" else u @ sae.W_dec
     prompts = ["Hi!", "Could you tell me a long story about a small robot and a cat?"]
     tok = tiny.tokenizer
-    pids, att = left_pad([render(tok, [{"role": "user", "content": p}], True).ids for p in prompts], tok.pad_token_id)
+    pids, att, _ = pad([render(tok, [{"role": "user", "content": p}], True).ids for p in prompts], tok.pad_token_id, side="left")
     with torch.no_grad():
         _, h = run(tiny, pids, capture=HOOK)
     p0 = proj(h)[att.bool()]
     tau, window, gain, n = float(p0.quantile(0.7)), 5, 2.0, 8
-    make = (lambda **k: Cap(HOOK, v, tau, **k)) if basis == "raw" else (lambda **k: SAECap(sae_dir, v, tau, **k))
+    make = ((lambda **k: Cap(HOOK, v, tau, **k)) if basis == "raw"
+            else (lambda **k: SAECap(concept_sae_dir, v, tau, **k)))
     one, _ = run(tiny, pids, make(window=1).hooks(tiny))
     every, _ = run(tiny, pids, make().hooks(tiny))
     torch.testing.assert_close(one, every, atol=1e-4, rtol=1e-4)  # equal up to the running sums' rounding
@@ -263,10 +248,10 @@ def test_windowed_cap_kv_cached_matches_reference(tiny, sae_dir, basis):
     assert fired.any() and not fired.all()  # the cap did something, and not everywhere
 
 
-def test_hooks_removed_when_generation_raises(tiny, sae_dir):
+def test_hooks_removed_when_generation_raises(tiny, concept_sae_dir):
     v = torch.randn(64)
     clean = generate(tiny, ["Hello"], GenerationConfig(max_new_tokens=4, temperature=0), progress=False)
-    for steer in (Add(HOOK, v, 5.0, positions="generated"), Clamp(sae_dir, {7: 9.0})):
+    for steer in (Add(HOOK, v, 5.0, positions="generated"), Clamp(concept_sae_dir, {7: 9.0})):
         with pytest.raises(ValueError, match="exceeds the context"):
             with steer.apply(tiny):
                 generate(tiny, ["word " * 600], GenerationConfig(max_new_tokens=4), progress=False)
@@ -281,14 +266,14 @@ def test_hooks_removed_when_generation_raises(tiny, sae_dir):
     assert torch.equal(again[0].ids, clean[0].ids)
 
 
-def test_json_round_trip(tiny, ids, sae_dir, tmp_path):
+def test_json_round_trip(tiny, ids, concept_sae_dir, tmp_path):
     torch.manual_seed(4)
     v, axis = torch.randn(64), torch.randn(256)
     items = [Add(HOOK, v, 0.5, positions="generated"), Cap("blocks.2.hook_resid_post", v, 1.5, "ceiling"),
-             Ablate(HOOK, v, positions=[1, 3]), Ablate(sae=sae_dir, features=[4]),
-             Clamp(sae_dir, {7: 2.0, 9: -1.0}, relative=True, max_activations={7: 3.0, 9: 1.0}),
-             Scale(sae_dir, [7], 2.5, positions="prompt"), SAECap(sae_dir, axis, 0.3, "floor"),
-             Cap(HOOK, v, 0.5, window=4, gain=3.0), SAECap(sae_dir, axis, 0.3, window=2, gain=0.5)]
+             Ablate(HOOK, v, positions=[1, 3]), Ablate(sae=concept_sae_dir, features=[4]),
+             Clamp(concept_sae_dir, {7: 2.0, 9: -1.0}, relative=True, max_activations={7: 3.0, 9: 1.0}),
+             Scale(concept_sae_dir, [7], 2.5, positions="prompt"), SAECap(concept_sae_dir, axis, 0.3, "floor"),
+             Cap(HOOK, v, 0.5, window=4, gain=3.0), SAECap(concept_sae_dir, axis, 0.3, window=2, gain=0.5)]
     both = Steering(items)
     for x in items + [both]:
         d = json.loads(json.dumps(x.to_dict()))
@@ -299,14 +284,15 @@ def test_json_round_trip(tiny, ids, sae_dir, tmp_path):
         assert torch.equal(a, b)
     both.save(tmp_path / "steer.json")
     assert load(tmp_path / "steer.json").to_dict() == both.to_dict()
-    assert json.loads((tmp_path / "steer.json").read_text())["interventions"][4]["sae"] == sae_dir
-    from_obj = Clamp(load_sae(sae_dir), {7: 1.0})  # an SAE loaded from disk remembers its path
-    assert from_obj.to_dict()["sae"] == sae_dir
+    assert json.loads((tmp_path / "steer.json").read_text())["interventions"][4]["sae"] == concept_sae_dir
+    from_obj = Clamp(load_sae(concept_sae_dir), {7: 1.0})  # an SAE loaded from disk remembers its path
+    assert from_obj.to_dict()["sae"] == concept_sae_dir
 
 
-def test_steering_composes_layers_like_nested_contexts(tiny, ids, sae_dir):
+def test_steering_composes_layers_like_nested_contexts(tiny, ids, concept_sae_dir):
     v = torch.randn(64)
-    parts = [Add("blocks.0.hook_resid_post", v), Clamp(sae_dir, {7: 4.0}), Cap("blocks.2.hook_resid_post", v, 0.0)]
+    parts = [Add("blocks.0.hook_resid_post", v), Clamp(concept_sae_dir, {7: 4.0}),
+             Cap("blocks.2.hook_resid_post", v, 0.0)]
     together, _ = run(tiny, ids, Steering(parts).hooks(tiny))
     with parts[0].apply(tiny), parts[1].apply(tiny), parts[2].apply(tiny):
         nested, _ = run(tiny, ids)
@@ -316,28 +302,30 @@ def test_steering_composes_layers_like_nested_contexts(tiny, ids, sae_dir):
     assert unhooked(tiny)
 
 
-def test_bad_input_is_refused_and_model_left_unhooked(tiny, ids, sae_dir, tmp_path):
+def test_bad_input_is_refused_and_model_left_unhooked(tiny, ids, concept_sae_dir, tmp_path):
     clean, _ = run(tiny, ids)
     v = torch.randn(64)
-    wrong_layer = make_sae(tmp_path / "deep", hook="blocks.20.hook_resid_post")
-    wrong_width = make_sae(tmp_path / "wide", d_in=576)
+    wrong_layer = random_topk_sae_dir(tmp_path / "deep", hook="blocks.20.hook_resid_post")
+    wrong_width = random_topk_sae_dir(tmp_path / "wide", d_in=576)
     cases = [
-        (KeyError, "unknown feature", lambda: Clamp(sae_dir, {999: 1.0}).apply(tiny)),
-        (KeyError, "unknown feature", lambda: Scale(sae_dir, [-1], 2.0).apply(tiny)),
-        (ValueError, "trained on 'blocks.1", lambda: Clamp(sae_dir, {7: 1.0}, hook="blocks.2.hook_resid_post").apply(tiny)),
-        (ValueError, "does not exist in this model", lambda: Clamp(wrong_layer, {7: 1.0}).apply(tiny)),
+        (FeatureIdError, "999 is out of range", lambda: Clamp(concept_sae_dir, {999: 1.0}).apply(tiny)),
+        (FeatureIdError, "-1 is out of range", lambda: Scale(concept_sae_dir, [-1], 2.0).apply(tiny)),
+        (FeatureIdError, "ids are ints", lambda: Scale(concept_sae_dir, [1.5], 2.0)),
+        (ValueError, "trained on 'blocks.1",
+         lambda: Clamp(concept_sae_dir, {7: 1.0}, hook="blocks.2.hook_resid_post").apply(tiny)),
+        (ValueError, "which this model does not have", lambda: Clamp(wrong_layer, {7: 1.0}).apply(tiny)),
         (ValueError, "size 576", lambda: Clamp(wrong_width, {7: 1.0}).apply(tiny)),
-        (ValueError, "finite", lambda: Clamp(sae_dir, {7: float("nan")})),
+        (ValueError, "finite", lambda: Clamp(concept_sae_dir, {7: float("nan")})),
         (ValueError, "finite", lambda: Add(HOOK, v, alpha=float("inf"))),
         (ValueError, "NaN or inf", lambda: Add(HOOK, torch.full((64,), float("nan")))),
         (ValueError, "NaN or inf", lambda: Cap(HOOK, torch.tensor([float("inf")] * 64), 1.0)),
         (ValueError, "size 65", lambda: Add(HOOK, torch.randn(65)).apply(tiny)),
-        (ValueError, "feature_axis has size 10", lambda: SAECap(sae_dir, torch.randn(10), 1.0).apply(tiny)),
+        (ValueError, "feature_axis has size 10", lambda: SAECap(concept_sae_dir, torch.randn(10), 1.0).apply(tiny)),
         (ValueError, "unknown hook", lambda: Add("blocks.9.hook_resid_post", v).apply(tiny)),
         (ValueError, "zero vector", lambda: Ablate(HOOK, torch.zeros(64))),
         (ValueError, "mode", lambda: Cap(HOOK, v, 1.0, mode="both")),
         (ValueError, "window=-2", lambda: Cap(HOOK, v, 1.0, window=-2)),
-        (ValueError, "gain=0", lambda: SAECap(sae_dir, torch.randn(256), 1.0, gain=0)),
+        (ValueError, "gain=0", lambda: SAECap(concept_sae_dir, torch.randn(256), 1.0, gain=0)),
         (ValueError, "needs positions='all'", lambda: Cap(HOOK, v, 1.0, window=8, positions="generated")),
         (ValueError, "positions", lambda: Add(HOOK, v, positions="answer")),
         (ValueError, "positions", lambda: Add(HOOK, v, positions=[-1])),
@@ -362,14 +350,14 @@ def test_real_model_generated_positions_and_clamp_identity(smollm, tmp_path):
     """On SmolLM2 at layer 15: cached "generated" steering equals an uncached reference, and a
     no-op feature edit with a randomly initialised SAE of the default shape leaves logits exact."""
     hook = "blocks.15.hook_resid_post"
-    sae_dir = make_sae(tmp_path / "sae", hook=hook, d_in=576, d_sae=4608, k=32)
+    sae_dir = random_topk_sae_dir(tmp_path / "sae", hook=hook, d_in=576, d_sae=4608, k=32)
     torch.manual_seed(0)
     v = torch.randn(576)
     v = v / v.norm() * 90.0  # ~0.5x the median token norm there
     steer = Add(hook, v, positions="generated")
     prompts = ["What is your physical form?", "Name a colour."]
     tok = smollm.tokenizer
-    pids, att = left_pad([render(tok, [{"role": "user", "content": p}], True).ids for p in prompts], tok.pad_token_id)
+    pids, att, _ = pad([render(tok, [{"role": "user", "content": p}], True).ids for p in prompts], tok.pad_token_id, side="left")
     P, n = pids.shape[1], 8
     cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, temperature=0, batch_size=2)
     with steer.apply(smollm):
@@ -403,7 +391,7 @@ def test_feature_reader_equals_sae_encode(b_dec_in, rescale, hooked):
     """The clamp's lean TopK read (and its fallback) gives exactly what sae.encode gives."""
     from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
 
-    from steering.sae import _plain_topk, feature_reader
+    from saes.access import _plain_topk, feature_reader
 
     torch.manual_seed(3)
     sae = TopKSAE(TopKSAEConfig(d_in=64, d_sae=256, k=8, apply_b_dec_to_input=b_dec_in,

@@ -1,34 +1,23 @@
 """A tiny offline W&B comparison read back from its run files, and the experiment scripts' smoke runs."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-import torch
 
+from features import load_concept
 from lm.generate import GenerationConfig
 from lm.io import read_json
+from lm.tracking import read_offline_run
+from scripts.clamp import main as clamp_main
+from scripts.compare import main as compare_main
 from steering import load_sae
-from steering.compare import read_offline_run, run_comparison
+from steering.compare import run_comparison
 from steering.directions import feature_edit_norm
-from steering.experiment import METRICS, Condition, EvalConfig, collapse_strength, sweep_conditions
-from steering.metrics import load_concept
+from steering.experiment import METRICS, Condition, ConceptEvalConfig, collapse_strength, sweep_conditions
 
-ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS = ["What is your physical form?", "How do I bake bread?"]
 
-
-
-@pytest.fixture(scope="module")
-def sae_dir(tmp_path_factory):
-    from sae_lens import TopKSAE, TopKSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    path = tmp_path_factory.mktemp("sae")
-    torch.manual_seed(0)
-    TopKSAE(TopKSAEConfig(d_in=64, d_sae=256, k=8, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post"))).save_model(str(path))
-    return str(path)
 
 
 def small_concept():
@@ -36,11 +25,12 @@ def small_concept():
     return {**c, "positive": c["positive"][:4], "negative": c["negative"][:4]}
 
 
-def test_offline_comparison_logs_what_it_reports(tiny, sae_dir, tmp_path):
-    conds = sweep_conditions(tiny, sae_dir, 7, 2.0, [10.0], small_concept(), families=("sae_clamp", "raw_add"))
+def test_offline_comparison_logs_what_it_reports(tiny, topk_sae_dir, tmp_path):
+    conds = sweep_conditions(tiny, topk_sae_dir, 7, 2.0, [10.0], small_concept(), families=("sae_clamp", "raw_add"))
     assert [c.name for c in conds] == ["baseline", "sae_clamp_10x", "raw_add_10x"]
-    assert conds[2].steering.vector.norm() == pytest.approx(feature_edit_norm(load_sae(sae_dir), 7, 20.0), rel=1e-5)
-    cfg = EvalConfig("golden_gate_bridge", QUESTIONS, GenerationConfig(max_new_tokens=4, temperature=0),
+    want = feature_edit_norm(load_sae(topk_sae_dir), 7, 20.0)
+    assert conds[2].steering.vector.norm() == pytest.approx(want, rel=1e-5)
+    cfg = ConceptEvalConfig("golden_gate_bridge", QUESTIONS, GenerationConfig(max_new_tokens=4, temperature=0),
                      neutral_texts=2, neutral_max_tokens=24)
     rec = run_comparison(tiny, conds, cfg, tmp_path, group="tiny-group", mode="offline", progress=False)
     local = read_json(tmp_path / "results.json")
@@ -78,23 +68,15 @@ def test_collapse_strength():
     assert collapse_strength(results, "random_add") is None
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_clamp_script_smoke(tiny, sae_dir, tmp_path, capsys):
-    clamp = load_script("clamp")
+def test_clamp_script_smoke(tiny, topk_sae_dir, tmp_path, capsys):
     with pytest.raises(SystemExit, match="No trained SAE"):
-        clamp.main(["--sae", str(tmp_path / "missing")], model=tiny)
+        clamp_main(["--sae", str(tmp_path / "missing")], model=tiny)
     with pytest.raises(FileNotFoundError, match="concepts.json"):
-        clamp.main(["--sae", sae_dir, "--out", str(tmp_path / "x")], model=tiny)
+        clamp_main(["--sae", topk_sae_dir, "--out", str(tmp_path / "x")], model=tiny)
     out = tmp_path / "clamp"
-    head = clamp.main(["--sae", sae_dir, "--experiments", "sycophancy", "--syc-latent", "7", "--syc-max-act", "2",
-                       "--n-prompts", "2", "--max-new-tokens", "3", "--strengths", "0,20", "--families", "sae_clamp",
-                       "--neutral-texts", "1", "--neutral-max-tokens", "16", "--out", str(out)], model=tiny)
+    head = clamp_main(["--sae", topk_sae_dir, "--experiments", "sycophancy", "--syc-latent", "7", "--syc-max-act",
+                       "2", "--n-prompts", "2", "--max-new-tokens", "3", "--strengths", "0,20", "--families",
+                       "sae_clamp", "--neutral-texts", "1", "--neutral-max-tokens", "16", "--out", str(out)], model=tiny)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(json.dumps(head))
     res = read_json(out / "sycophancy" / "results.json")
     assert [r["condition"]["name"] for r in res["results"]] == ["baseline", "sae_clamp_0x", "sae_clamp_5x", "sae_clamp_20x"]
@@ -106,12 +88,11 @@ def test_clamp_script_smoke(tiny, sae_dir, tmp_path, capsys):
     assert "sae_clamp_5x" in (out / "sycophancy" / "summary.md").read_text()
 
 
-def test_compare_script_from_conditions_file(tiny, sae_dir, tmp_path, capsys):
+def test_compare_script_from_conditions_file(tiny, topk_sae_dir, tmp_path, capsys):
     conds = [Condition("baseline").to_dict(),
-             Condition("clamp3", __import__("steering").Clamp(sae_dir, {7: 3.0}), "sae_clamp", 3.0).to_dict()]
+             Condition("clamp3", __import__("steering").Clamp(topk_sae_dir, {7: 3.0}), "sae_clamp", 3.0).to_dict()]
     (tmp_path / "conds.json").write_text(json.dumps(conds))
-    compare = load_script("compare")
-    compare.main(["--conditions", str(tmp_path / "conds.json"), "--n-prompts", "1", "--max-new-tokens", "3",
+    compare_main(["--conditions", str(tmp_path / "conds.json"), "--n-prompts", "1", "--max-new-tokens", "3",
                   "--neutral-texts", "1", "--neutral-max-tokens", "16", "--mode", "disabled",
                   "--out", str(tmp_path / "cmp")], model=tiny)
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

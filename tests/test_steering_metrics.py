@@ -9,11 +9,11 @@ from lm.chat import render
 from lm.generate import GenerationConfig, generate
 from steering import Add
 from steering.directions import difference_of_means, feature_edit_norm, random_direction, with_norm
+from features import load_concept
+from lm.prompts import load_prompt_set
 from steering.metrics import (NeutralKL, answer_perplexity, concept_hits, concept_rate, description_logprob,
-                              load_concept, load_data)
-
-HOOK = "blocks.1.hook_resid_post"
-
+                              load_data)
+from tests.helpers import HOOK
 
 
 def test_concept_keywords():
@@ -28,6 +28,15 @@ def test_concept_keywords():
     with pytest.raises(ValueError, match="at least one"):
         concept_rate([], "golden_gate_bridge")
     assert len(load_data("unrelated_questions")) >= 21 and load_data("unrelated_questions")[0] == "What is your physical form?"
+
+
+def test_prompt_sets_are_read_through_their_package_loader():
+    neutral = load_prompt_set("neutral_text")
+    assert len(neutral) >= 40 and all(isinstance(t, str) for t in neutral)
+    with pytest.raises(FileNotFoundError, match=r"known sets: \['dubious_claims', 'unrelated_questions'\]"):
+        load_data("neutral_text")  # shared sets live in lm/data/, not steering/data/
+    with pytest.raises(FileNotFoundError, match=r"known sets: \[.neutral_text.\]"):
+        load_prompt_set("unrelated_questions")
 
 
 def manual_logprobs(model, ids):
@@ -65,7 +74,7 @@ def test_description_logprob_scores_the_reply_as_generated_tokens(tiny):
 
 
 def test_neutral_kl(tiny):
-    kl = NeutralKL(tiny, load_data("neutral_text")[:3], max_tokens=32)
+    kl = NeutralKL(tiny, load_prompt_set("neutral_text")[:3], max_tokens=32)
     v = torch.randn(64)
     assert kl() == 0.0
     small, big = kl(Add(HOOK, v, 1.0).hooks(tiny)), kl(Add(HOOK, v, 8.0).hooks(tiny))

@@ -16,9 +16,3 @@ def default_sae_path() -> Path:
     if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
         raise FileNotFoundError(f"The default SAE is not in {path} yet; train it with: {TRAIN_COMMAND}")
     return path
-
-
-def load_default_sae(device: str = "cpu"):
-    from saes.io import load_sae
-
-    return load_sae(default_sae_path(), device=device)

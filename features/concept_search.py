@@ -1,14 +1,10 @@
 """Concept search: which SAE latents separate a concept's positive texts from its negative ones.
 
-A concept is a JSON file (see `features/concepts/README.md`) with positive and negative texts and
-keyword regexes. Each text gets one score per latent, its maximum activation over the text's
-tokens, and latents are ranked by AUROC (the probability that a random positive text outscores a
-random negative one, ties counting half) on a selection half of the texts, ties broken by the
+Each text gets one score per latent, its maximum activation over the text's tokens, and latents
+are ranked by AUROC (the probability that a random positive text outscores a random negative
+one, ties counting half) on the selection half of the texts (`Concept.split`), ties broken by the
 mean activation difference. Their AUROC on the other, held-out half is what we report: with
 thousands of latents and a few dozen texts, the best selection AUROC is optimistic.
-
-The split is deterministic and order-free: texts are sorted by the SHA-256 of their content and
-alternately assigned, so appending texts to a concept file keeps most earlier assignments.
 
 Texts are read as the assistant's reply in a one-turn chat by default (`wrap="chat"`, measured
 on the reply's tokens only), the distribution the default SAE was trained on; `wrap="plain"`
@@ -23,7 +19,6 @@ of the positive texts it mostly encodes the texts' topic and style (`read="all"`
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,88 +27,14 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from lm.batch import pad
 from lm.harvest import forward_batch
-from lm.io import read_json, save_tensors, write_json
-from features.labels import make_label
+from lm.io import save_tensors, write_json
+from saes.access import check_sae, encode
+from features.concept_sets import Concept
+from features.labels import make_label, token_text
 from features.logit_lens import logit_lens
-from features.sae import check_features, check_sae, encode, feature_acts
-
-CONCEPTS_DIR = Path(__file__).parent / "concepts"
-KEYS = ("name", "description", "keywords", "positive", "negative")
-
-
-@dataclass
-class Concept:
-    name: str
-    positive: list[str]
-    negative: list[str]
-    description: str = ""
-    keywords: list[str] = field(default_factory=list)
-
-    def __post_init__(self):
-        self.validate()
-
-    @classmethod
-    def from_dict(cls, d: dict, source: str = "concept") -> "Concept":
-        if not isinstance(d, dict):
-            raise ValueError(f"{source}: a concept is a JSON object with keys {list(KEYS)}.")
-        unknown = sorted(set(d) - set(KEYS))
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) {unknown}; a concept has keys {list(KEYS)}.")
-        missing = [k for k in ("name", "positive", "negative") if k not in d]
-        if missing:
-            raise ValueError(f"{source}: missing key(s) {missing}; a concept needs 'name', 'positive' and 'negative'.")
-        return cls(name=d["name"], positive=d["positive"], negative=d["negative"],
-                   description=d.get("description", ""), keywords=d.get("keywords", []))
-
-    @classmethod
-    def load(cls, name_or_path: str | Path) -> "Concept":
-        """A shipped concept by name (`golden_gate_bridge`) or a user's JSON file."""
-        path = Path(name_or_path).expanduser()
-        if not path.is_file():
-            shipped = CONCEPTS_DIR / f"{name_or_path}.json"
-            if not shipped.is_file():
-                names = sorted(p.stem for p in CONCEPTS_DIR.glob("*.json"))
-                raise FileNotFoundError(f"No concept {str(name_or_path)!r}: give a JSON file path or a shipped "
-                                        f"concept name ({', '.join(names)}).")
-            path = shipped
-        try:
-            d = read_json(path)
-        except ValueError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}).") from e
-        return cls.from_dict(d, str(path))
-
-    def validate(self) -> None:
-        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
-            raise ValueError(f"Concept name {self.name!r} must be a non-empty string of letters, digits, '_', '.', '-'.")
-        for side in ("positive", "negative"):
-            texts = getattr(self, side)
-            if not isinstance(texts, list) or not all(isinstance(t, str) and t.strip() for t in texts):
-                raise ValueError(f"Concept {self.name!r}: '{side}' must be a list of non-empty strings.")
-            if len(texts) < 2:
-                other = "negative" if side == "positive" else "positive"
-                raise ValueError(f"Concept {self.name!r} has {len(texts)} {side} text(s): concept search needs at least "
-                                 f"2 {side} and 2 {other} texts (one of each per half; 40+ each for a reliable AUROC).")
-        both = set(self.positive) & set(self.negative)
-        if both:
-            raise ValueError(f"Concept {self.name!r}: {len(both)} text(s) are both positive and negative, "
-                             f"e.g. {sorted(both)[0][:60]!r}.")
-        if not isinstance(self.keywords, list) or not all(isinstance(k, str) for k in self.keywords):
-            raise ValueError(f"Concept {self.name!r}: 'keywords' must be a list of regex strings.")
-        for k in self.keywords:
-            try:
-                re.compile(k)
-            except re.error as e:
-                raise ValueError(f"Concept {self.name!r}: keyword {k!r} is not a valid regex ({e}).") from e
-
-    def split(self) -> dict[str, tuple[list[str], list[str]]]:
-        """{'selection': (pos, neg), 'heldout': (pos, neg)}: hash-sorted texts, alternately assigned."""
-        halves = {}
-        for side in ("positive", "negative"):
-            ordered = sorted(getattr(self, side), key=lambda t: hashlib.sha256(t.encode()).hexdigest())
-            halves[side] = (ordered[0::2], ordered[1::2])
-        return {"selection": (halves["positive"][0], halves["negative"][0]),
-                "heldout": (halves["positive"][1], halves["negative"][1])}
+from features.stats import auroc, mean_difference
 
 
 @dataclass
@@ -146,21 +67,7 @@ class TextActs:
     keyword: torch.Tensor
 
 
-def auroc(pos: Float[torch.Tensor, "p *l"], neg: Float[torch.Tensor, "n *l"], chunk: int = 2048) -> torch.Tensor:
-    """P(score of a random positive > a random negative) + 0.5 P(equal): Mann-Whitney U / (p n)."""
-    if pos.shape[0] == 0 or neg.shape[0] == 0:
-        raise ValueError("AUROC needs at least one positive and one negative score.")
-    flat = pos.ndim == 1
-    pos, neg = (pos[:, None], neg[:, None]) if flat else (pos, neg)
-    out = []
-    for a in range(0, pos.shape[1], chunk):
-        p, n = pos[:, None, a:a + chunk].double(), neg[None, :, a:a + chunk].double()
-        out.append(((p > n).double() + 0.5 * (p == n).double()).mean((0, 1)))
-    res = torch.cat(out)
-    return res[0] if flat else res
-
-
-def _tokenize(tokenizer, text: str, cfg: SearchConfig, keywords: list[str]):
+def tokenize_text(tokenizer, text: str, cfg: SearchConfig, keywords: list[str]):
     """Token ids, measured-position mask and keyword mask for one text."""
     if cfg.wrap == "chat":
         from lm.chat import render
@@ -186,18 +93,13 @@ def read_texts(model, hook: str, texts: list[str], cfg: SearchConfig, keywords: 
                progress: bool = False) -> list[TextActs]:
     """Residuals at `hook` for the measured tokens of each text (batched, right-padded)."""
     tok = model.tokenizer
-    items = [_tokenize(tok, t, cfg, list(keywords)) for t in texts]
+    items = [tokenize_text(tok, t, cfg, list(keywords)) for t in texts]
     out = []
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     for a in tqdm(range(0, len(texts), cfg.batch_size), desc="concept texts", disable=not progress):
         batch = items[a:a + cfg.batch_size]
-        n = max(len(ids) for ids, _, _ in batch)
-        ids = torch.full((len(batch), n), pad, dtype=torch.long)
-        att = torch.zeros((len(batch), n), dtype=torch.long)
-        for j, (x, _, _) in enumerate(batch):
-            ids[j, :len(x)] = torch.tensor(x)
-            att[j, :len(x)] = 1
-        resid = forward_batch(model, ids, [hook], attention_mask=att)[hook]
+        padded = pad([ids for ids, _, _ in batch], pad_id)
+        resid = forward_batch(model, padded.ids, [hook], attention_mask=padded.attention_mask)[hook]
         for j, (x, meas, kw) in enumerate(batch):
             m = torch.tensor(meas)
             if not m.any():
@@ -219,11 +121,11 @@ def _reduce(sae, acts: list[TextActs]) -> tuple[torch.Tensor, torch.Tensor, torc
     return torch.stack(mx), torch.stack(arg), torch.stack(mean)
 
 
-def diff_of_means(pos: list[TextActs], neg: list[TextActs], read: str) -> Float[torch.Tensor, " d"]:
-    """Mean residual over positives' keyword tokens (or all tokens) minus mean over all negative tokens."""
+def concept_direction(pos: list[TextActs], neg: list[TextActs], read: str) -> Float[torch.Tensor, " d"]:
+    """The raw concept direction: mean residual over positives' keyword tokens (or all their tokens)
+    minus the mean over all negative tokens."""
     p = torch.cat([t.resid[t.keyword] if read == "keywords" and t.keyword.any() else t.resid for t in pos])
-    n = torch.cat([t.resid for t in neg])
-    return p.mean(0) - n.mean(0)
+    return mean_difference(p, torch.cat([t.resid for t in neg]))
 
 
 def _max_projection(acts: list[TextActs], direction: torch.Tensor) -> torch.Tensor:
@@ -293,6 +195,17 @@ def rank_latents(auc: Float[torch.Tensor, " d_sae"], mean_diff: Float[torch.Tens
     return order[bucket[order].argsort(descending=True, stable=True)]
 
 
+def _raw_direction(sae, sp, sn, hp, hn, read: str) -> tuple[RawDirection, torch.Tensor]:
+    """The raw direction (fit on all texts; AUROC of one fit on the selection half) and every latent's
+    decoder cosine with it."""
+    direction = concept_direction(sp + hp, sn + hn, read)
+    W_dec = sae.W_dec.detach().float().cpu()
+    cos = (W_dec @ direction) / (W_dec.norm(dim=1) * direction.norm()).clamp(min=1e-12)
+    sel_dir = concept_direction(sp, sn, read)
+    raw_auc = float(auroc(_max_projection(hp, sel_dir), _max_projection(hn, sel_dir)))
+    return RawDirection(read, float(direction.norm()), raw_auc, int(cos.argmax()), float(cos.max()), direction), cos
+
+
 def search_concept(model, sae, concept: Concept | str | Path, cfg: SearchConfig | None = None,
                    stats=None, progress: bool = False) -> ConceptResult:
     """Rank latents by selection AUROC (ties within `cfg.auroc_tie` broken by mean activation difference);
@@ -314,13 +227,7 @@ def search_concept(model, sae, concept: Concept | str | Path, cfg: SearchConfig 
     mean_diff = sp_mean.mean(0) - sn_mean.mean(0)
     order = rank_latents(auc_sel, mean_diff, cfg.auroc_tie)[: cfg.top]
     auc_held = auroc(hp_max[:, order], hn_max[:, order])
-
-    direction = diff_of_means(sp + hp, sn + hn, cfg.read)
-    W_dec = sae.W_dec.detach().float().cpu()
-    cos = (W_dec @ direction) / (W_dec.norm(dim=1) * direction.norm()).clamp(min=1e-12)
-    sel_dir = diff_of_means(sp, sn, cfg.read)
-    raw_auc = float(auroc(_max_projection(hp, sel_dir), _max_projection(hn, sel_dir)))
-    raw = RawDirection(cfg.read, float(direction.norm()), raw_auc, int(cos.argmax()), float(cos.max()), direction)
+    raw, cos = _raw_direction(sae, sp, sn, hp, hn, cfg.read)
 
     latents = order.tolist()
     labels = _labels(model, sae, sp + hp, torch.cat([sp_max, hp_max]), torch.cat([sp_arg, hp_arg]), latents, stats)
@@ -352,66 +259,9 @@ def _labels(model, sae, pos: list[TextActs], pos_max, pos_arg, latents: list[int
 
 def format_example(tokenizer, ex: dict, threshold: float = 0.2) -> str:
     """Plain-text example: tokens at >= threshold x the text's max activation get [activation] after them."""
-    from features.labels import token_text
-
     top = max(ex["acts"] + [0.0])
     parts = []
     for t, a in zip(ex["tokens"], ex["acts"]):
         s = token_text(tokenizer, t).replace("\n", "↵")
         parts.append(f"{s}[{a:.2f}]" if top > 0 and a >= threshold * top else s)
     return f"{ex.get('tag', '')} max {ex['value']:.2f}: " + "".join(parts).strip()
-
-
-def latent_max_activations(model, sae, tokens, latents, batch_size: int = 16, progress: bool = True) -> dict[int, float]:
-    """Each latent's maximum activation over token rows, first position (attention sink) excluded."""
-    latents = check_features(sae.cfg.d_sae, latents)
-    hook = check_sae(model, sae)
-    best = torch.zeros(len(latents))
-    for a in tqdm(range(0, tokens.shape[0], batch_size), desc="max activation", disable=not progress):
-        _, f = feature_acts(model, sae, tokens[a:a + batch_size], hook)
-        best = torch.maximum(best, f[:, 1:, latents].float().cpu().amax((0, 1)))
-    return {i: float(v) for i, v in zip(latents, best)}
-
-
-def dataset_tokens(source, tokenizer, context_size: int = 128, max_tokens: int | None = None) -> torch.Tensor:
-    """Token rows for a source ("default" corpus, a file, ...) or a [rows, seq] tensor passed through."""
-    if isinstance(source, torch.Tensor):
-        return source
-    from lm.text import pack, token_sequences
-
-    return pack(token_sequences(source, tokenizer), context_size, max_tokens)
-
-
-def write_concepts_json(sae_dir: str | Path, results: list[ConceptResult], model, sae, dataset="default",
-                        context_size: int = 128, max_tokens: int | None = None, data_name: str | None = None,
-                        progress: bool = True) -> dict:
-    """Merge `{concept: {"latent", "max_activation", "auroc_heldout"}}` into `sae_dir/concepts.json`.
-
-    `max_activation` is the latent's maximum over `dataset` (the SAE's training data: the unit that
-    relative clamping multiplies). `dataset` is a source name or file, a [rows, seq] token tensor,
-    or a `FeatureStats` computed over that data (then no forward pass is needed); `data_name` is
-    recorded as `max_activation_data` (default: the source name, or the data's hash).
-    """
-    from features.analysis import FeatureStats
-
-    if not results:
-        raise ValueError("No concept results to write.")
-    latents = sorted({r.best.latent for r in results})
-    if isinstance(dataset, FeatureStats):
-        if dataset.d_sae != sae.cfg.d_sae:
-            raise ValueError(f"The feature stats describe {dataset.d_sae} latents but the SAE has {sae.cfg.d_sae}.")
-        maxima = {i: float(dataset.t["max_act"][i]) for i in latents}
-        source = f"{dataset.n_tokens} tokens, sha256 {dataset.meta['key']['data_sha256']}"
-    else:
-        maxima = latent_max_activations(model, sae, dataset_tokens(dataset, model.tokenizer, context_size, max_tokens),
-                                        latents, progress=progress)
-        source = dataset if isinstance(dataset, str) else f"{dataset.numel()} tokens"
-        source += f" (max_tokens {max_tokens})" if max_tokens and isinstance(dataset, str) else ""
-    path = Path(sae_dir) / "concepts.json"
-    table = read_json(path) if path.is_file() else {}
-    for r in results:
-        table[r.name] = {"latent": r.best.latent, "max_activation": maxima[r.best.latent],
-                         "auroc_heldout": r.best.auroc_heldout, "auroc_selection": r.best.auroc_selection,
-                         "label": r.best.label, "max_activation_data": data_name or source}
-    write_json(path, table)
-    return table

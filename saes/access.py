@@ -1,0 +1,239 @@
+"""The one way every package reaches an SAE: load it, find its hook, check it fits a model, read features.
+
+`features`, `steering` and `axis` import these functions and define none of their own, so a
+mismatch (another model's SAE, a hook the model lacks, a feature id past `d_sae`) fails here with
+one message and one error type wherever it is used.
+
+Loaded SAEs are cached per (directory, device, weights mtime) and never moved in place: asking for
+an SAE on another device gives a cached copy there, so a notebook's CPU SAE stays on the CPU when
+a GPU model steers with it. Each SAE loaded from disk remembers its directory in a weak registry
+(not an attribute on SAELens's object), which is how interventions built from it serialise.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import operator
+import weakref
+from pathlib import Path
+from typing import Callable
+
+import torch
+from jaxtyping import Float, Int
+from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
+
+from lm.harvest import forward_batch
+from saes.pretrained import DEFAULT_NAME, PRETRAINED_DIR
+
+__all__ = ["DEFAULT_SAE", "FeatureIdError", "check_editable", "check_features", "check_sae", "decoder_rows",
+           "encode", "feature_acts", "feature_reader", "load_sae", "on_device", "sae_digest", "sae_hook",
+           "sae_path"]
+
+DEFAULT_SAE: Path = PRETRAINED_DIR / DEFAULT_NAME  # absolute, so notebooks run from notebooks/ find it
+D_MODEL_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "hook_embed")
+EDITABLE_NORMS = ("none", "expected_average_only_in")  # both are the identity at inference
+
+_CACHE: dict[tuple[str, str, float], object] = {}
+_PATHS: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
+_COPIES: "weakref.WeakKeyDictionary[object, dict[str, object]]" = weakref.WeakKeyDictionary()
+
+
+class FeatureIdError(IndexError):
+    """A feature id that is not an integer in [0, d_sae)."""
+
+
+def _is_sae(obj) -> bool:
+    return hasattr(obj, "encode") and hasattr(obj, "W_dec") and hasattr(obj, "cfg")
+
+
+def load_sae(sae, device: str | torch.device | None = None):
+    """A `sae_lens.SAE` in eval mode with no grads, from a SAELens directory (cached) or as given.
+
+    With `device`, the SAE on that device (`on_device`: a cached copy, the original is not moved)."""
+    if isinstance(sae, (str, Path)):
+        sae = _load_dir(Path(sae).expanduser())
+    elif not _is_sae(sae):
+        raise TypeError(f"Expected an SAE directory or a sae_lens.SAE, got {type(sae).__name__}.")
+    return on_device(sae, device) if device is not None else sae
+
+
+def _load_dir(path: Path):
+    from sae_lens import SAE
+
+    if not (path / SAE_CFG_FILENAME).is_file() or not (path / SAE_WEIGHTS_FILENAME).is_file():
+        subs = sorted(p.parent.name for p in path.glob(f"*/{SAE_CFG_FILENAME}"))
+        hint = (f" It holds several SAEs: {subs}; load one of those subdirectories." if subs else
+                " Train one with scripts/train_sae.py, or pass the directory of an SAE saved with "
+                "`sae.save_model(dir)`.")
+        raise FileNotFoundError(f"{path} is not an SAE directory (SAELens format needs {SAE_CFG_FILENAME} and "
+                                f"{SAE_WEIGHTS_FILENAME}).{hint}")
+    key = (str(path.resolve()), "cpu", (path / SAE_WEIGHTS_FILENAME).stat().st_mtime)
+    sae = _CACHE.get(key)
+    if sae is None:
+        sae = SAE.load_from_disk(str(path), device="cpu")
+        sae.eval().requires_grad_(False)
+        _PATHS[sae] = str(path)
+        _CACHE[key] = sae
+    return sae
+
+
+def on_device(sae, device: str | torch.device):
+    """`sae` on `device`: itself when it is there already, else a copy made once and cached."""
+    device = torch.device(device)
+    here = sae.W_dec.device
+    if here.type == device.type and (device.index is None or here.index == device.index):
+        return sae
+    copies = _COPIES.setdefault(sae, {})
+    key = str(device)
+    if key not in copies:
+        moved = copy.deepcopy(sae).to(device)
+        moved.eval().requires_grad_(False)
+        if sae in _PATHS:
+            _PATHS[moved] = _PATHS[sae]
+        copies[key] = moved
+    return copies[key]
+
+
+def sae_path(sae) -> str | None:
+    """The directory an SAE was loaded from (a path given as such is returned as a string)."""
+    if isinstance(sae, (str, Path)):
+        return str(sae)
+    return _PATHS.get(sae)
+
+
+def remember_path(sae, path: str | Path) -> None:
+    """Record where an in-memory SAE now lives on disk (after `save_sae`), so it serialises."""
+    _PATHS[sae] = str(path)
+
+
+def sae_hook(sae) -> str:
+    """The TransformerLens hook the SAE reads (`cfg.metadata.hook_name`)."""
+    name = getattr(sae.cfg.metadata, "hook_name", None)
+    if not name:
+        raise ValueError("This SAE's cfg.json has no metadata.hook_name, so we cannot tell where it reads "
+                         "the model; set metadata.hook_name (e.g. 'blocks.15.hook_resid_post') and re-save.")
+    return name
+
+
+def check_sae(model, sae, hook: str | None = None, what: str = "SAE") -> str:
+    """The SAE's hook, after checking it is `hook` (when given), exists in `model` and has width d_in."""
+    trained = sae_hook(sae)
+    if hook is not None and hook != trained:
+        raise ValueError(f"{what}: the SAE was trained on {trained!r}, not {hook!r}. Use an SAE trained "
+                         f"on {hook!r}, or leave hook unset to use {trained!r}.")
+    if trained not in model.hook_dict:
+        raise ValueError(f"{what}: the SAE reads hook {trained!r}, which this model does not have "
+                         f"({model.cfg.n_layers} layers, e.g. 'blocks.{model.cfg.n_layers - 1}.hook_resid_post'). "
+                         "Was it trained on another model? Load the SAE trained for this model.")
+    width = hook_width(model, trained)
+    if width != sae.cfg.d_in:
+        raise ValueError(f"{what}: the SAE reads vectors of size {sae.cfg.d_in} but {trained} has width {width} "
+                         f"in this model (d_model {model.cfg.d_model}): the SAE belongs to another model.")
+    return trained
+
+
+def hook_width(model, hook: str) -> int:
+    """Width of the activations at `hook` (d_model for residual-stream hooks, else one tiny forward)."""
+    if hook.endswith(D_MODEL_HOOKS):
+        return int(model.cfg.d_model)
+    ids = torch.tensor([[model.tokenizer.eos_token_id or 0] * 2])
+    return int(forward_batch(model, ids, [hook])[hook].shape[-1])
+
+
+def check_editable(sae, what: str = "SAE") -> None:
+    """Steering adds `(f' - f) @ W_dec` to the residual, which holds only without input normalisation."""
+    if sae.cfg.normalize_activations not in EDITABLE_NORMS or sae.cfg.reshape_activations != "none":
+        raise ValueError(f"{what}: SAEs with normalize_activations={sae.cfg.normalize_activations!r} / "
+                         f"reshape_activations={sae.cfg.reshape_activations!r} are not supported; fold the "
+                         "normalisation into the weights first (sae.fold_activation_norm_scaling_factor).")
+
+
+def check_features(sae_or_width, features, what: str = "features", nonempty: bool = False) -> list[int]:
+    """Feature ids as ints, each in [0, d_sae); anything else raises `FeatureIdError`."""
+    d_sae = sae_or_width if isinstance(sae_or_width, int) else int(sae_or_width.cfg.d_sae)
+    ids = []
+    for f in features:
+        try:
+            if isinstance(f, bool):
+                raise TypeError
+            ids.append(operator.index(f))
+        except TypeError:
+            raise FeatureIdError(f"{what}: feature id {f!r} is not an integer; ids are ints in "
+                                 f"0..{d_sae - 1}.") from None
+    bad = [f for f in ids if not 0 <= f < d_sae]
+    if bad:
+        raise FeatureIdError(f"{what}: feature id {bad[0]} is out of range: this SAE has d_sae={d_sae} latents, "
+                             f"valid ids are 0..{d_sae - 1}.")
+    if nonempty and not ids:
+        raise ValueError(f"{what}: no features given.")
+    return ids
+
+
+def decoder_rows(sae, idx: Int[torch.Tensor, " k"] | None = None) -> Float[torch.Tensor, "k d"]:
+    """What one unit of each chosen feature (all with idx=None) adds to the reconstruction,
+    decoder-norm rescaling included."""
+    rows = sae.W_dec if idx is None else sae.W_dec[idx]
+    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+        rows = rows / rows.norm(dim=-1, keepdim=True)
+    return rows
+
+
+def encode(sae, acts: Float[torch.Tensor, "... d_in"]) -> Float[torch.Tensor, "... d_sae"]:
+    """Feature activations of `acts` (moved to the SAE's device and dtype), without grads."""
+    if acts.shape[-1] != sae.cfg.d_in:
+        raise ValueError(f"Activations have width {acts.shape[-1]} but the SAE expects d_in={sae.cfg.d_in}.")
+    with torch.no_grad():
+        return sae.encode(acts.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype))
+
+
+def feature_acts(model, sae, ids: Int[torch.Tensor, "b s"], hook: str | None = None,
+                 attention_mask: Int[torch.Tensor, "b s"] | None = None
+                 ) -> tuple[Float[torch.Tensor, "b s d_in"], Float[torch.Tensor, "b s d_sae"]]:
+    """Residual activations at the SAE's hook and the SAE's feature activations, for one batch."""
+    hook = hook or sae_hook(sae)
+    resid = forward_batch(model, ids, [hook], attention_mask=attention_mask)[hook]
+    return resid, encode(sae, resid)
+
+
+def _plain_topk(sae) -> bool:
+    """A TopK SAE whose encode is exactly relu(topk(W_enc x + b_enc)), with nobody hooked into it."""
+    if type(sae.activation_fn).__name__ != "TopK" or getattr(sae.activation_fn, "use_sparse_activations", False):
+        return False
+    hooked = any(h._forward_hooks for h in (sae.hook_sae_input, sae.hook_sae_acts_pre, sae.hook_sae_acts_post))
+    return not hooked and sae.cfg.normalize_activations in EDITABLE_NORMS and sae.cfg.reshape_activations == "none"
+
+
+def feature_reader(sae, idx: Int[torch.Tensor, " k"]) -> Callable[[torch.Tensor], Float[torch.Tensor, "... k"]]:
+    """A function x -> activations of features `idx` only, equal to `sae.encode(x)[..., idx]`.
+
+    Clamping decodes only the change, so per decoding step the SAE's cost is its encode. For plain
+    TopK SAEs a feature is active iff its pre-activation reaches the k-th largest, which skips the
+    dense scatter and SAELens's hook calls (bench_steer: this is what the clamp ratio pays for).
+    Anything else goes through the SAE's own encode.
+    """
+    if not _plain_topk(sae):
+        return lambda x: sae.encode(x)[..., idx]
+    k = int(sae.activation_fn.k)
+    shift = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
+    scale = sae.W_dec.norm(dim=-1) if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False) else None
+
+    def read(x):
+        x2 = x.reshape(-1, x.shape[-1])
+        pre = torch.addmm(sae.b_enc, x2 - shift if shift is not None else x2, sae.W_enc)
+        if scale is not None:
+            pre = pre * scale
+        kth = pre.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+        sel = pre[:, idx]
+        f = torch.where(sel >= kth, sel.relu(), torch.zeros_like(sel))
+        return f.reshape(*x.shape[:-1], len(idx))
+    return read
+
+
+def sae_digest(sae) -> str:
+    """Hash of the SAE's weights: a cache computed with other weights is not reused."""
+    h = hashlib.sha256()
+    for k, v in sorted(sae.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
