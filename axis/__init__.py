@@ -13,7 +13,8 @@ feature basis, and `project`, measured by `steering.projection`), `capping` (cap
 as `steering.experiment.Condition`s), `evaluate` (`evaluate_caps`: identity, jailbreaks, capability,
 cap activity, steering along the axis, drift; what scripts/cap.py, the main job and the notebook
 call), `evals` (the individual measures), `drift` (persona drift over multi-turn conversations),
-`layer_scan` (which layer separates concepts and personas), `main_job` (the report of `make demo`:
+`layer_scan` (which layer separates concepts and personas), `formats` (the paper's release files
+in and out, Neuronpedia's axis layout out), `main_job` (the report of `make demo`:
 it sits at the top of the pipeline and imports every package).
 """
 

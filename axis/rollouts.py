@@ -3,7 +3,8 @@
 Both stages are cached per rollout under a run directory, in chunks written atomically, so a long
 run (the full bank is ~18k rollouts) resumes where it stopped and a larger run reuses a smaller
 one's rollouts. A manifest pins the model and the sampling settings: a cache made with other
-settings is refused rather than silently mixed in.
+settings is refused rather than silently mixed in. A cache is filled under a file lock, so two
+processes building the same axis at once compute each rollout once.
 
 Activations are the mean of `blocks.{l}.hook_resid_post` over the assistant-content tokens only
 (`lm.chat.render(...).response_mask`), one [n_layers, d_model] matrix per rollout. Sequences are
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from lm.batch import pad
 from lm.chat import as_conversation, render
 from lm.generate import GenerationConfig, generate
 from lm.harvest import HarvestConfig, harvest
-from lm.io import read_json, save_tensors, write_json
+from lm.io import file_lock, read_json, save_tensors, write_json
 from lm.model import model_hash
 
 from axis.data import Role
@@ -73,16 +75,31 @@ def conversation(spec: RolloutSpec, reply: str | None = None) -> list[dict]:
 
 
 class ChunkCache:
-    """Records keyed by rollout id, stored as atomically written chunk files plus a manifest."""
+    """Records keyed by rollout id, stored as atomically written chunk files plus a manifest.
+
+    Used as a context manager: it holds `lm.io.file_lock` on the directory, so a second process
+    filling the same cache waits, then finds the first one's chunks and computes only what is missing."""
 
     def __init__(self, root: str | Path, manifest: dict, suffix: str):
-        self.root, self.suffix = Path(root), suffix
-        path = self.root / "manifest.json"
-        if path.is_file() and read_json(path) != json.loads(json.dumps(manifest)):
-            raise ValueError(f"{self.root} caches rollouts made with other settings or another model "
-                             f"({read_json(path)} vs {manifest}); use another --out or delete it.")
-        self.root.mkdir(parents=True, exist_ok=True)
-        write_json(path, manifest)
+        self.root, self.suffix, self.manifest = Path(root), suffix, json.loads(json.dumps(manifest))
+        self._lock = ExitStack()
+
+    def __enter__(self) -> "ChunkCache":
+        self._lock.enter_context(file_lock(self.root))
+        try:
+            path = self.root / "manifest.json"
+            if path.is_file() and read_json(path) != self.manifest:
+                raise ValueError(f"{self.root} caches rollouts made with other settings or another model "
+                                 f"({read_json(path)} vs {self.manifest}); use another --out or delete it.")
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_json(path, self.manifest)
+        except BaseException:
+            self._lock.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.close()
 
     def chunks(self) -> list[Path]:
         return sorted(self.root.glob(f"chunk_*{self.suffix}"))
@@ -96,22 +113,22 @@ class ChunkCache:
 def generate_rollouts(model, specs: list[RolloutSpec], gen: GenerationConfig, cache_dir: str | Path,
                       chunk_size: int = 256, progress: bool = True) -> dict[str, dict]:
     """Sampled replies for every spec (cached); returns {rollout id: {'text', 'finished', 'n_gen_tokens'}}."""
-    cache = ChunkCache(cache_dir, {"model": model_hash(model), **gen.to_dict(), "batch_size": None}, ".json")
-    done: dict[str, dict] = {}
-    for p in cache.chunks():
-        done.update(read_json(p))
-    todo = [s for s in dict.fromkeys(specs) if s.id not in done]
-    bar = tqdm(total=len(todo), desc="rollouts", disable=not progress or not todo, unit="rollout")
-    for b in range(0, len(todo), chunk_size):
-        chunk = todo[b:b + chunk_size]
-        seed = gen.seed + int(chunk[0].id, 16) % 100_000  # reproducible for the same chunk
-        outs = generate(model, [conversation(s) for s in chunk], gen, progress=False, seed=seed)
-        recs = {s.id: {"text": o.text, "finished": o.finished, "n_gen_tokens": len(o.ids)}
-                for s, o in zip(chunk, outs)}
-        write_json(cache.next_path(), recs)
-        done.update(recs)
-        bar.update(len(chunk))
-    bar.close()
+    with ChunkCache(cache_dir, {"model": model_hash(model), **gen.to_dict(), "batch_size": None}, ".json") as cache:
+        done: dict[str, dict] = {}
+        for p in cache.chunks():
+            done.update(read_json(p))
+        todo = [s for s in dict.fromkeys(specs) if s.id not in done]
+        bar = tqdm(total=len(todo), desc="rollouts", disable=not progress or not todo, unit="rollout")
+        for b in range(0, len(todo), chunk_size):
+            chunk = todo[b:b + chunk_size]
+            seed = gen.seed + int(chunk[0].id, 16) % 100_000  # reproducible for the same chunk
+            outs = generate(model, [conversation(s) for s in chunk], gen, progress=False, seed=seed)
+            recs = {s.id: {"text": o.text, "finished": o.finished, "n_gen_tokens": len(o.ids)}
+                    for s, o in zip(chunk, outs)}
+            write_json(cache.next_path(), recs)
+            done.update(recs)
+            bar.update(len(chunk))
+        bar.close()
     return {s.id: done[s.id] for s in specs}
 
 
@@ -131,36 +148,22 @@ def harvest_rollouts(model, specs: list[RolloutSpec], texts: dict[str, str], cac
 
     Rollouts whose reply has no tokens get NaN rows (callers drop them)."""
     names = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
-    cache = ChunkCache(cache_dir, {"model": model_hash(model), "hooks": names}, ".safetensors")
-    have: dict[str, tuple[Path, int]] = {}
-    for p in cache.chunks():
-        with safe_open(str(p), "pt") as f:
-            for i, rid in enumerate(json.loads(f.metadata()["ids"])):
-                have[rid] = (p, i)
-    uniq = list(dict.fromkeys(specs))
-    todo = [s for s in uniq if s.id not in have]
-    tok = model.tokenizer
-    bar = tqdm(total=len(todo), desc="activations", disable=not progress or not todo, unit="rollout")
-    for b in range(0, len(todo), chunk_size):
-        chunk = todo[b:b + chunk_size]
-        seqs = [response_tokens(tok, s, texts[s.id]) for s in chunk]
-        seqs = [x if x is not None else (torch.tensor([tok.pad_token_id]), torch.zeros(1, dtype=torch.bool))
-                for x in seqs]  # an unrenderable reply becomes an empty (NaN) row
-        order = sorted(range(len(chunk)), key=lambda i: len(seqs[i][0]))  # batch similar lengths
-        # right padding: causal attention never sees the pads
-        ids, _, mask = pad([seqs[i][0] for i in order], tok.pad_token_id, masks=[seqs[i][1] for i in order])
-        acts = harvest(model, ids, names, HarvestConfig(batch_size=batch_size, exclude_first=False, reduce="mean"),
-                       mask=mask, progress=False)
-        means = torch.stack([acts[nm] for nm in names], 1)  # [rows, layers, d]
-        means[mask.sum(1) == 0] = float("nan")
-        out = torch.empty_like(means)
-        out[torch.tensor(order)] = means
-        path = cache.next_path()
-        save_tensors(path, {"mean": out}, metadata={"ids": json.dumps([s.id for s in chunk])})
-        bar.update(len(chunk))
-        for i, s in enumerate(chunk):
-            have[s.id] = (path, i)
-    bar.close()
+    with ChunkCache(cache_dir, {"model": model_hash(model), "hooks": names}, ".safetensors") as cache:
+        have: dict[str, tuple[Path, int]] = {}
+        for p in cache.chunks():
+            with safe_open(str(p), "pt") as f:
+                for i, rid in enumerate(json.loads(f.metadata()["ids"])):
+                    have[rid] = (p, i)
+        todo = [s for s in dict.fromkeys(specs) if s.id not in have]
+        bar = tqdm(total=len(todo), desc="activations", disable=not progress or not todo, unit="rollout")
+        for b in range(0, len(todo), chunk_size):
+            chunk = todo[b:b + chunk_size]
+            path = cache.next_path()
+            save_tensors(path, {"mean": _response_means(model, chunk, texts, names, batch_size)},
+                         metadata={"ids": json.dumps([s.id for s in chunk])})
+            bar.update(len(chunk))
+            have.update({s.id: (path, i) for i, s in enumerate(chunk)})
+        bar.close()
     rows = []
     by_file: dict[Path, torch.Tensor] = {}
     for s in specs:
@@ -170,6 +173,25 @@ def harvest_rollouts(model, specs: list[RolloutSpec], texts: dict[str, str], cac
                 by_file[p] = f.get_tensor("mean")
         rows.append(by_file[p][i])
     return torch.stack(rows)
+
+
+def _response_means(model, chunk: list[RolloutSpec], texts: dict[str, str], names: list[str],
+                    batch_size: int) -> Float[torch.Tensor, "n layers d"]:
+    """Per-rollout mean of each hook over the response tokens, in `chunk` order (NaN when empty)."""
+    tok = model.tokenizer
+    seqs = [response_tokens(tok, s, texts[s.id]) for s in chunk]
+    seqs = [x if x is not None else (torch.tensor([tok.pad_token_id]), torch.zeros(1, dtype=torch.bool))
+            for x in seqs]  # an unrenderable reply becomes an empty (NaN) row
+    order = sorted(range(len(chunk)), key=lambda i: len(seqs[i][0]))  # batch similar lengths
+    # right padding: causal attention never sees the pads
+    ids, _, mask = pad([seqs[i][0] for i in order], tok.pad_token_id, masks=[seqs[i][1] for i in order])
+    acts = harvest(model, ids, names, HarvestConfig(batch_size=batch_size, exclude_first=False, reduce="mean"),
+                   mask=mask, progress=False)
+    means = torch.stack([acts[nm] for nm in names], 1)  # [rows, layers, d]
+    means[mask.sum(1) == 0] = float("nan")
+    out = torch.empty_like(means)
+    out[torch.tensor(order)] = means
+    return out
 
 
 def save_transcripts(path: str | Path, specs: list[RolloutSpec], records: dict[str, dict]) -> None:

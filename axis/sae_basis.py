@@ -94,7 +94,9 @@ class FeatureAxis:
             sae = self.sae
         elif self.sae_path:
             path = Path(self.sae_path)
-            if not path.is_absolute() and not path.exists():  # relative to the repository, as exported
+            if self.sae_path.startswith(access.REGISTRY_PREFIX):  # a SAELens registry SAE, loaded by id
+                path = self.sae_path
+            elif not path.is_absolute() and not path.exists():  # relative to the repository, as exported
                 path = Path(__file__).resolve().parent.parent / path
             sae = self.sae = load_sae(path)
         else:

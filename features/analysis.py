@@ -23,7 +23,7 @@ import torch
 from jaxtyping import Bool, Int
 from tqdm.auto import tqdm
 
-from lm.io import read_json, save_tensors, write_json
+from lm.io import file_lock, read_json, save_tensors, write_json
 from saes.access import check_features, check_sae, feature_acts, sae_digest, sae_path
 from saes.eval import plot_density_histogram
 from features.logit_lens import logit_lens
@@ -254,20 +254,37 @@ def _cached(cache_dir: str | Path | None, key: dict) -> FeatureStats | None:
 def analyze(model, sae, tokens: Int[torch.Tensor, "rows seq"], cfg: AnalysisConfig | None = None,
             mask: Bool[torch.Tensor, "rows seq"] | None = None, cache_dir: str | Path | None = None,
             progress: bool = True) -> FeatureStats:
-    """Statistics for every latent of `sae` over `tokens`; cached in `cache_dir` when given."""
+    """Statistics for every latent of `sae` over `tokens`; cached in `cache_dir` when given.
+
+    The cache is written under `lm.io.file_lock`: two processes asking for the same analysis at once
+    compute it once (the second waits, then reads it)."""
     from lm.model import model_hash
-    from features.labels import auto_labels
 
     cfg = cfg or AnalysisConfig()
     hook = check_sae(model, sae)
     tokens, keep = _kept_positions(tokens, mask, cfg)
     key = {"model": model_hash(model), "sae": sae_digest(sae), "hook": hook,
            "data_sha256": data_digest(tokens, keep), "config": asdict(cfg)}
+    if cache_dir is None:
+        return _compute(model, sae, tokens, keep, cfg, key, progress)
     cached = _cached(cache_dir, key)
     if cached is not None:
         return cached
+    with file_lock(cache_dir):
+        cached = _cached(cache_dir, key)  # another process may have written it while we waited
+        if cached is not None:
+            return cached
+        stats = _compute(model, sae, tokens, keep, cfg, key, progress)
+        stats.save(cache_dir)
+        plot_feature_density(stats, Path(cache_dir) / "feature_density.png")
+    return stats
 
-    d = sae.cfg.d_sae
+
+def _compute(model, sae, tokens, keep, cfg: AnalysisConfig, key: dict, progress: bool) -> FeatureStats:
+    """The one batched pass of `analyze` (no cache)."""
+    from features.labels import auto_labels
+
+    hook, d = key["hook"], sae.cfg.d_sae
     run = _Running(d, model.cfg.d_vocab, cfg, sae.W_dec.device)  # bookkeeping stays on the SAE's device
     for b0 in tqdm(range(0, tokens.shape[0], cfg.batch_size), desc="feature stats", disable=not progress, unit="batch"):
         ids = tokens[b0:b0 + cfg.batch_size]
@@ -280,9 +297,6 @@ def analyze(model, sae, tokens: Int[torch.Tensor, "rows seq"], cfg: AnalysisConf
             "n_rows": int(tokens.shape[0]), "sae_path": sae_path(sae)}
     stats = FeatureStats(tensors, meta)
     stats.meta["labels"] = auto_labels(stats, model.tokenizer)
-    if cache_dir is not None:
-        stats.save(cache_dir)
-        plot_feature_density(stats, Path(cache_dir) / "feature_density.png")
     return stats
 
 

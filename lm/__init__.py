@@ -6,7 +6,7 @@ model); `chat` (templates, response masks), `batch` (`pad`, the one padding help
 and `harvest` (KV-cached sampling, activation streaming); `text`, `corpus` and `prompts` (text
 sources, the built-in corpus, shared prompt sets in lm/data/); `io` (atomic writes), `report`
 (HTML reports); `tracking` (the one W&B helper: offline by default, quiet, read back offline
-runs); `testing` (the tiny model, loaded).
+runs); `llama_server` (a llama.cpp server on the embedded GGUF, for rollouts and control vectors); `testing` (the tiny model, loaded).
 """
 
 from lm.chat import Conversation, as_conversation, render

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from lm.chat import render
 from lm.io import atomic_path, read_json, write_json
+from lm.llama_server import llama_server_complete
 
 DATA = Path(__file__).parent / "data"
 PROMPT_BANK = DATA / "prompt_bank.jsonl"
@@ -108,29 +109,6 @@ def _sample(model, convs: list, max_new_tokens: int, cfg: CorpusConfig, seed: in
         return [g.text for g in generate(model, convs, gen, progress=False)]
     return llama_server_complete(cfg.backend, [render(model.tokenizer, c, True).ids.tolist() for c in convs],
                                  max_new_tokens, cfg.temperature, cfg.top_p, seed)
-
-
-def llama_server_complete(url: str, prompts: list[list[int]], n_predict: int, temperature: float,
-                          top_p: float, seed: int, workers: int = 64) -> list[str]:
-    """Sample from a running `llama-server` (same GGUF, native Q4_1) with many requests in flight.
-
-    llama.cpp batches concurrent requests (continuous batching): ~265 tok/s on 2 cores for
-    SmolLM2 vs ~150 tok/s for HF at batch 128. Plain temperature + top-p: top-k and min-p off.
-    `cache_prompt` lets a follow-up turn reuse the slot's KV cache of the first turn: prefill costs
-    about as much as decoding here, and the first turn is most of the second turn's prompt.
-    """
-    import urllib.request
-
-    def one(i: int) -> str:
-        body = {"prompt": prompts[i], "n_predict": n_predict, "temperature": temperature, "top_p": top_p,
-                "top_k": 0, "min_p": 0.0, "seed": seed + i, "stop": ["<|im_end|>"], "cache_prompt": True}
-        req = urllib.request.Request(url.rstrip("/") + "/completion", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=600) as r:
-            return json.loads(r.read())["content"].strip()
-
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(one, range(len(prompts))))
 
 
 def _generate_chunk(model, bank, items, cfg: CorpusConfig, chunk_index: int) -> list[dict]:

@@ -8,6 +8,11 @@ place. Hooks are still added the TransformerLens way (`with model.hooks(...)`), 
 mechanism, and the bridge stays the model users see. Any other active hook point falls back to the
 bridge's own forward, so nothing is silently skipped.
 
+The routes assume a decoder layout (`model.layers[i]` taking the residual as its first input, with
+`self_attn` and `mlp` submodules), verified against the bridge for the HF `model_type`s in
+`FAST_ARCHITECTURES`. Any other architecture (GPT-2, say) has no fast path: every run uses the
+bridge's own forward, hooks included, only slower.
+
 Each bridge's FastPath lives in a registry keyed weakly by the bridge (nothing is attached to it);
 the FastPath holds the bridge weakly too, so dropping the model frees both.
 """
@@ -38,35 +43,47 @@ def _with_out(output, tensor):
     return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
 
 
+FAST_ARCHITECTURES = frozenset({"llama", "qwen2"})  # HF model_types whose layout the routes are tested on
+
+
+def _aliased_hf(src) -> nn.Module:
+    """A stock HF model (SDPA attention) whose parameters and buffers are the bridge's own tensors."""
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(src.config)
+    config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        hf = AutoModelForCausalLM.from_config(config)
+    state = {k.replace("._original_component", ""): v for k, v in src.state_dict().items()}
+    want = set(hf.state_dict())
+    missing = want - set(state)
+    if missing - {"lm_head.weight"}:
+        raise RuntimeError(f"fast path cannot map bridge weights: missing {sorted(missing)[:5]}")
+    hf.load_state_dict({k: v for k, v in state.items() if k in want}, strict=False, assign=True)
+    if "lm_head.weight" in missing or getattr(config, "tie_word_embeddings", False):
+        hf.lm_head.weight = hf.get_input_embeddings().weight
+    buffers = {k.replace("._original_component", ""): v for k, v in src.named_buffers()}
+    for name, buf in list(hf.named_buffers()):  # non-persistent ones (rotary inv_freq) aren't in state_dict
+        if buf.is_meta:
+            owner, _, attr = name.rpartition(".")
+            hf.get_submodule(owner).register_buffer(attr, buffers[name].clone(), persistent=False)
+    return hf.eval()
+
+
 class FastPath:
-    """A stock HF causal LM aliasing the bridge's parameters, with routed hook points."""
+    """A stock HF causal LM aliasing the bridge's parameters, with routed hook points (`hf` is None,
+    and nothing routes, for an architecture outside FAST_ARCHITECTURES)."""
 
     def __init__(self, bridge):
         self._bridge = weakref.ref(bridge)  # a strong one would keep the registry's key alive
         src = bridge.original_model
-        config = copy.deepcopy(src.config)
-        config._attn_implementation = "sdpa"
-        from transformers import AutoModelForCausalLM
-
-        with torch.device("meta"):
-            hf = AutoModelForCausalLM.from_config(config)
-        state = {k.replace("._original_component", ""): v for k, v in src.state_dict().items()}
-        want = set(hf.state_dict())
-        missing = want - set(state)
-        if missing - {"lm_head.weight"}:
-            raise RuntimeError(f"fast path cannot map bridge weights: missing {sorted(missing)[:5]}")
-        hf.load_state_dict({k: v for k, v in state.items() if k in want}, strict=False, assign=True)
-        if "lm_head.weight" in missing or getattr(config, "tie_word_embeddings", False):
-            hf.lm_head.weight = hf.get_input_embeddings().weight
-        buffers = {k.replace("._original_component", ""): v for k, v in src.named_buffers()}
-        for name, buf in list(hf.named_buffers()):  # non-persistent ones (rotary inv_freq) aren't in state_dict
-            if buf.is_meta:
-                owner, _, attr = name.rpartition(".")
-                hf.get_submodule(owner).register_buffer(attr, buffers[name].clone(), persistent=False)
-        self.hf = hf.eval()
-        self.layers = self._find_layers(hf, bridge.cfg.n_layers)
         self._anchor = src.get_input_embeddings()
-        self.routes = self._routes()
+        self.model_type = getattr(src.config, "model_type", None)
+        self.hf, self.layers, self.routes = None, None, {}
+        if self.model_type in FAST_ARCHITECTURES:
+            self.hf = _aliased_hf(src)
+            self.layers = self._find_layers(self.hf, bridge.cfg.n_layers)
+            self.routes = self._routes()
 
     @property
     def bridge(self):
@@ -98,11 +115,13 @@ class FastPath:
 
     def stale(self) -> bool:
         """True when the bridge's weights moved (`.to(...)`, reloaded): rebuild the fast path."""
+        if self.hf is None:
+            return False
         mine, theirs = self.hf.get_input_embeddings().weight, self._anchor.weight
         return mine.data_ptr() != theirs.data_ptr() or mine.device != theirs.device
 
     def can_route(self, names: list[str]) -> bool:
-        return all(id(self.bridge.hook_dict[n]) in self.routes for n in names)
+        return self.hf is not None and all(id(self.bridge.hook_dict[n]) in self.routes for n in names)
 
     def active_hook_points(self) -> list[nn.Module]:
         seen, active = set(), []
@@ -116,7 +135,7 @@ class FastPath:
     def routing(self, stop_after_layer: int | None = None):
         """Yield the HF model wired to the bridge's active hook points, or None if one can't be routed."""
         active = self.active_hook_points()
-        if any(id(hp) not in self.routes for hp in active):
+        if self.hf is None or any(id(hp) not in self.routes for hp in active):
             yield None
             return
         handles = []

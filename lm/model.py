@@ -61,10 +61,26 @@ def load_model(name: str = EMBEDDED, device: str | None = None, dtype: torch.dty
     hf.to(device).eval()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    bridge = TransformerBridge.boot_transformers(source, hf_model=hf, tokenizer=tok)
+    bridge = _boot(TransformerBridge, source, hf, tok)
     bridge.eval()
     remember_source(bridge, f"{src.kind}:{Path(source).name}")
     return bridge
+
+
+def _boot(bridge_cls, source: str, hf, tok):
+    """The bridge over `hf`; an architecture TransformerLens cannot wrap is named, with where to look."""
+    try:
+        return bridge_cls.boot_transformers(source, hf_model=hf, tokenizer=tok)
+    except ValueError as e:
+        if "supported architecture" not in str(e).lower():
+            raise
+        from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+        raise ValueError(f"{source}: TransformerLens's TransformerBridge has no adapter for "
+                         f"{getattr(hf.config, 'architectures', None)} (model_type {hf.config.model_type!r}). "
+                         f"Use a model of one of its {len(SUPPORTED_ARCHITECTURES)} architectures, the keys of "
+                         "transformer_lens.factories.architecture_adapter_factory.SUPPORTED_ARCHITECTURES "
+                         "(e.g. LlamaForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel).") from e
 
 
 def load_bare_hf(name: str = EMBEDDED, model=None):

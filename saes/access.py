@@ -8,6 +8,10 @@ Loaded SAEs are cached per (directory, device, weights mtime) and never moved in
 an SAE on another device gives a cached copy there, so a notebook's CPU SAE stays on the CPU when
 a GPU model steers with it. Each SAE loaded from disk remembers its directory in a weak registry
 (not an attribute on SAELens's object), which is how interventions built from it serialise.
+
+SAEs from SAELens's pretrained registry (`load_registry_sae(release, sae_id)`) remember the source
+string `sae_lens:RELEASE/SAE_ID`, which `load_sae` accepts back, so interventions built from them
+serialise too. Offline, the registry SAE is read from the HF cache or refused with how to fix it.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from lm.harvest import forward_batch
 from saes.pretrained import DEFAULT_NAME, PRETRAINED_DIR
 
-__all__ = ["DEFAULT_SAE", "FeatureIdError", "check_editable", "check_features", "check_sae", "decoder_rows",
-           "encode", "feature_acts", "feature_reader", "load_sae", "on_device", "sae_digest", "sae_hook",
-           "sae_path"]
+__all__ = ["DEFAULT_SAE", "REGISTRY_PREFIX", "FeatureIdError", "check_editable", "check_features", "check_sae",
+           "decoder_rows", "encode", "feature_acts", "feature_reader", "load_registry_sae", "load_sae", "on_device",
+           "registry_id", "sae_digest", "sae_hook", "sae_path"]
 
 DEFAULT_SAE: Path = PRETRAINED_DIR / DEFAULT_NAME  # absolute, so notebooks run from notebooks/ find it
 D_MODEL_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "hook_embed")
 EDITABLE_NORMS = ("none", "expected_average_only_in")  # both are the identity at inference
+REGISTRY_PREFIX = "sae_lens:"  # "sae_lens:RELEASE/SAE_ID", how a registry SAE is recorded and loaded back
+REGISTRY_TABLE = "https://decoderesearch.github.io/SAELens/latest/pretrained_saes/"
 
 _CACHE: dict[tuple[str, str, float], object] = {}
 _PATHS: "weakref.WeakKeyDictionary[object, str]" = weakref.WeakKeyDictionary()
@@ -48,10 +54,13 @@ def _is_sae(obj) -> bool:
 
 
 def load_sae(sae, device: str | torch.device | None = None):
-    """A `sae_lens.SAE` in eval mode with no grads, from a SAELens directory (cached) or as given.
+    """A `sae_lens.SAE` in eval mode with no grads, from a SAELens directory (cached), a registry
+    source string `sae_lens:RELEASE/SAE_ID` (see `load_registry_sae`), or as given.
 
     With `device`, the SAE on that device (`on_device`: a cached copy, the original is not moved)."""
-    if isinstance(sae, (str, Path)):
+    if _is_registry_source(sae):
+        sae = load_registry_sae(*_split_registry(str(sae)))
+    elif isinstance(sae, (str, Path)):
         sae = _load_dir(Path(sae).expanduser())
     elif not _is_sae(sae):
         raise TypeError(f"Expected an SAE directory or a sae_lens.SAE, got {type(sae).__name__}.")
@@ -78,6 +87,98 @@ def _load_dir(path: Path):
     return sae
 
 
+def _is_registry_source(sae) -> bool:
+    """`sae_lens:RELEASE/SAE_ID` (a directory of that name, should one exist, wins)."""
+    return isinstance(sae, (str, Path)) and str(sae).startswith(REGISTRY_PREFIX) and not Path(sae).exists()
+
+
+def _split_registry(source: str) -> tuple[str, str]:
+    release, sep, sae_id = source[len(REGISTRY_PREFIX):].partition("/")
+    if not sep or not release or not sae_id:
+        raise ValueError(f"{source!r} is not a registry SAE: write it as '{REGISTRY_PREFIX}RELEASE/SAE_ID', "
+                         f"e.g. '{REGISTRY_PREFIX}gpt2-small-res-jb/blocks.8.hook_resid_pre'.")
+    return release, sae_id
+
+
+def _registry_entry(release: str, sae_id: str):
+    """SAELens's registry entry for `release`, after checking that it lists `sae_id`."""
+    import difflib
+
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    entry = directory.get(release)
+    if entry is None:
+        near = difflib.get_close_matches(release, list(directory), n=3)
+        raise ValueError(f"Unknown SAELens release {release!r}." + (f" Did you mean {near}?" if near else "")
+                         + f" The {len(directory)} releases are the keys of sae_lens.loading.pretrained_saes_directory"
+                         f".get_pretrained_saes_directory() (table: {REGISTRY_TABLE}); an SAE directory on disk "
+                         "loads with load_sae(DIR).")
+    if sae_id not in entry.saes_map:
+        ids = list(entry.saes_map)
+        near = difflib.get_close_matches(sae_id, ids, n=3)
+        shown = ids[:6] + (["..."] if len(ids) > 6 else [])
+        raise ValueError(f"SAELens release {release!r} has no sae_id {sae_id!r}." + (f" Did you mean {near}?" if near else "")
+                         + f" Its {len(ids)} ids ({shown}) are get_pretrained_saes_directory()[{release!r}].saes_map.")
+    return entry
+
+
+def load_registry_sae(release: str, sae_id: str, device: str | torch.device | None = None):
+    """A pretrained SAE from SAELens's registry, resolved and fetched by SAELens (cached per process).
+
+    It remembers the source `sae_lens:RELEASE/SAE_ID`, which `load_sae` accepts back. Offline
+    (HF_HUB_OFFLINE=1, or no network) SAELens reads the HF cache; an SAE that is not there raises
+    ConnectionError saying how to fetch it, or to pass its local directory instead."""
+    source = f"{REGISTRY_PREFIX}{release}/{sae_id}"
+    key = (source, "cpu", 0.0)
+    sae = _CACHE.get(key)
+    if sae is None:
+        entry = _registry_entry(release, sae_id)
+        sae = _from_hub(release, sae_id, entry)
+        sae.eval().requires_grad_(False)
+        _PATHS[sae] = source
+        _CACHE[key] = sae
+    return on_device(sae, device) if device is not None else sae
+
+
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    """What the hub client raises when it can neither reach the hub nor find the file in its cache
+    (mostly LocalEntryNotFoundError; raw transport errors from loaders that call the hub directly)."""
+    import importlib
+
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    errors: tuple[type[BaseException], ...] = (LocalEntryNotFoundError, ConnectionError)  # incl. OfflineModeIsEnabled
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError")):
+        try:
+            errors += (getattr(importlib.import_module(module), name),)
+        except (ImportError, AttributeError):
+            pass
+    return errors
+
+
+def _from_hub(release: str, sae_id: str, entry):
+    from huggingface_hub import constants
+    from sae_lens import SAE
+
+    try:
+        return SAE.from_pretrained(release, sae_id, device="cpu")
+    except _unreachable_errors() as e:
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "no network"
+        folder = entry.saes_map[sae_id]
+        raise ConnectionError(
+            f"SAELens SAE {release}/{sae_id} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub "
+            f"is unreachable ({why}). Fetch it where the hub is reachable (`hf download {entry.repo_id} --include "
+            f"'{folder}/*'`) and copy that HF cache here (HF_HOME), or pass the SAE's local directory (cfg.json + "
+            "sae_weights.safetensors) instead: load_sae(DIR), --sae DIR.") from e
+
+
+def registry_id(sae) -> tuple[str, str] | None:
+    """(release, sae_id) of an SAE loaded from SAELens's registry (or of its source string), else None."""
+    source = sae if isinstance(sae, (str, Path)) else _PATHS.get(sae)
+    return _split_registry(str(source)) if _is_registry_source(source) else None
+
+
 def on_device(sae, device: str | torch.device):
     """`sae` on `device`: itself when it is there already, else a copy made once and cached."""
     device = torch.device(device)
@@ -96,7 +197,8 @@ def on_device(sae, device: str | torch.device):
 
 
 def sae_path(sae) -> str | None:
-    """The directory an SAE was loaded from (a path given as such is returned as a string)."""
+    """Where an SAE was loaded from: its directory, or `sae_lens:RELEASE/SAE_ID` for a registry SAE
+    (both are what `load_sae` takes back; a path given as such is returned as a string)."""
     if isinstance(sae, (str, Path)):
         return str(sae)
     return _PATHS.get(sae)

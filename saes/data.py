@@ -10,12 +10,14 @@ world size that divides the shard count.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
 
 from lm.harvest import HarvestConfig, harvest
+from lm.io import file_lock
 from lm.text import pack, token_sequences
 from saes.config import TrainConfig
 
@@ -47,12 +49,18 @@ def split_rows(cfg: TrainConfig, tokenizer, heldout_only: bool = False
 
 def harvest_shards(model, cfg: TrainConfig, rows: Int[torch.Tensor, "t ctx"], shards: list[int],
                    cache_root: Path | None, progress: bool = True) -> dict[int, dict[str, torch.Tensor]]:
-    """Activations of the given shards at every hook, cached per shard (a killed harvest resumes)."""
+    """Activations of the given shards at every hook, cached per shard (a killed harvest resumes).
+
+    Each shard's cache is filled under `lm.io.file_lock`: two runs on the same cache harvest it once."""
     hcfg = HarvestConfig(batch_size=cfg.harvest_batch_size, exclude_first=cfg.exclude_first,
                          dtype=cfg.act_dtype)
-    return {j: harvest(model, rows[j::cfg.data_shards], cfg.hooks, hcfg, progress=progress,
-                       cache_dir=cache_root / f"shard{j:03d}" if cache_root else None)
-            for j in shards}
+    out = {}
+    for j in shards:
+        cache_dir = Path(cache_root) / f"shard{j:03d}" if cache_root else None
+        with file_lock(cache_dir) if cache_dir else nullcontext():
+            out[j] = harvest(model, rows[j::cfg.data_shards], cfg.hooks, hcfg, progress=progress,
+                             cache_dir=cache_dir)
+    return out
 
 
 class ShardedBatches:

@@ -19,6 +19,7 @@ from sae_lens.evals import ExplainedVarianceCalculator
 from tqdm.auto import tqdm
 
 from lm.harvest import check_hook_names
+from lm.io import read_json
 
 
 @dataclass
@@ -26,6 +27,7 @@ class EvalConfig:
     batch_size: int = 4  # rows per forward (SmolLM2 logits: 4 x 256 x 49152 floats = 200 MB)
     exclude_first: bool = True
     dense_threshold: float = 0.1  # a latent firing on more than this fraction of tokens is dense
+    count_rows: bool = False  # also count the rows each latent fires in (SAEBench's per-feature details)
 
 
 def _ce_sum(logits: torch.Tensor, ids: torch.Tensor, first: int) -> torch.Tensor:
@@ -33,9 +35,19 @@ def _ce_sum(logits: torch.Tensor, ids: torch.Tensor, first: int) -> torch.Tensor
     return F.cross_entropy(logits[:, first:-1].flatten(0, 1).float(), ids[:, first + 1:].flatten(), reduction="sum")
 
 
+def _kl_sum(clean_logp: torch.Tensor, logits: torch.Tensor, first: int) -> float:
+    """Summed KL(clean || patched) over the same predictions as `_ce_sum`, one row at a time (memory)."""
+    total = 0.0
+    for r in range(logits.shape[0]):
+        logp = logits[r, first:-1].float().log_softmax(-1)
+        total += F.kl_div(logp, clean_logp[r], log_target=True, reduction="sum").item()
+    return total
+
+
 def _splice_losses(sae, model, ids: Int[torch.Tensor, "b s"], hook: str, first: int):
-    """Summed LM loss clean, with the SAE's reconstruction spliced in, and zero-ablated; plus the
-    activations (positions >= first), their reconstruction and the latent activations."""
+    """Summed LM loss clean, with the SAE's reconstruction spliced in, and zero-ablated, plus the KL of
+    the last two from clean; and the activations (positions >= first), their reconstruction and the
+    latent activations."""
     seen = {}
 
     def capture(x, hook):
@@ -43,30 +55,69 @@ def _splice_losses(sae, model, ids: Int[torch.Tensor, "b s"], hook: str, first: 
         return x
 
     with model.hooks(fwd_hooks=[(hook, capture)]):
-        clean = _ce_sum(model(ids), ids, first).item()
+        logits = model(ids)
+    clean, clean_logp = _ce_sum(logits, ids, first).item(), logits[:, first:-1].float().log_softmax(-1)
+    del logits
     x = seen["x"][:, first:]
     if x.shape[-1] != sae.cfg.d_in:
         raise ValueError(f"SAE d_in is {sae.cfg.d_in} but {hook} has width {x.shape[-1]}: "
                          "this SAE was trained on another hook or model.")
     acts = sae.encode(x.to(sae.device, sae.dtype))
     recon = sae.decode(acts).to(x.device, x.dtype)
+    out = {"clean": clean}
+    for name, new in (("sae", recon), ("zero", torch.zeros_like(recon))):
+        def splice(h, hook, new=new):
+            h = h.clone()
+            h[:, first:] = new
+            return h
 
-    def splice(h, hook, new=recon):
-        h = h.clone()
-        h[:, first:] = new
-        return h
+        with model.hooks(fwd_hooks=[(hook, splice)]):
+            logits = model(ids)
+        out[name], out[f"kl_{name}"] = _ce_sum(logits, ids, first).item(), _kl_sum(clean_logp, logits, first)
+    return out, x, recon, acts
 
-    with model.hooks(fwd_hooks=[(hook, splice)]):
-        spliced = _ce_sum(model(ids), ids, first).item()
-    with model.hooks(fwd_hooks=[(hook, lambda h, hook: splice(h, hook, torch.zeros_like(recon)))]):
-        zero = _ce_sum(model(ids), ids, first).item()
-    return {"clean": clean, "sae": spliced, "zero": zero}, x, recon, acts
+
+class _Sums:
+    """Per-token sums over the evaluated positions (SAEBench's reconstruction and shrinkage metrics)."""
+
+    KEYS = ("l0", "l1", "sq_err", "cossim", "norm_in", "norm_out", "ratio", "sq_out", "dot")
+
+    def __init__(self, d_sae: int, count_rows: bool):
+        self.s = dict.fromkeys(self.KEYS, 0.0)
+        self.n = 0
+        self.fires = torch.zeros(d_sae, dtype=torch.float64)
+        self.rows = torch.zeros(d_sae, dtype=torch.float64) if count_rows else None
+
+    def add(self, x: Float[torch.Tensor, "b s d"], recon: Float[torch.Tensor, "b s d"], acts: torch.Tensor) -> None:
+        on = acts != 0
+        if self.rows is not None:
+            self.rows += on.any(1).sum(0).double().cpu()
+        x, r, a, on = x.flatten(0, 1).float(), recon.flatten(0, 1).float(), acts.flatten(0, 1).float(), on.flatten(0, 1)
+        n_in, n_out = x.norm(dim=-1), r.norm(dim=-1)
+        self.fires += on.sum(0).double().cpu()
+        part = {"l0": on.sum(), "l1": a.abs().sum(), "sq_err": (x - r).pow(2).sum(),
+                "cossim": F.cosine_similarity(x, r, dim=-1).sum(), "norm_in": n_in.sum(), "norm_out": n_out.sum(),
+                "ratio": (n_out / torch.where(n_in.abs() < 1e-4, torch.ones_like(n_in), n_in)).sum(),
+                "sq_out": n_out.pow(2).sum(), "dot": (x * r).sum()}
+        for k, v in part.items():
+            self.s[k] += v.item()
+        self.n += x.shape[0]
+
+    def means(self) -> dict:
+        m = {k: v / max(self.n, 1) for k, v in self.s.items()}
+        return {"l0": m["l0"], "l1": m["l1"], "mse": m["sq_err"], "cossim": m["cossim"], "l2_norm_in": m["norm_in"],
+                "l2_norm_out": m["norm_out"], "l2_ratio": m["ratio"],
+                "relative_reconstruction_bias": m["sq_out"] / m["dot"] if m["dot"] else float("nan")}
 
 
 @torch.no_grad()
 def evaluate_sae(sae, model, tokens: Int[torch.Tensor, "rows seq"], hook: str | None = None,
                  cfg: EvalConfig | None = None, progress: bool = True) -> dict:
-    """L0, FVU, explained variance, CE-loss recovered, delta LM loss, dead/dense fractions, densities."""
+    """L0, L1, FVU, explained variance, MSE, cosine, L2 shrinkage, CE-loss recovered, delta LM loss,
+    KL with the SAE and with zero ablation, dead/dense fractions, per-latent densities.
+
+    MSE is the per-token squared error summed over dimensions (SAELens's definition); CE and KL are
+    means over the predictions made from positions >= 1 (>= 0 without exclude_first)."""
     cfg = cfg or EvalConfig()
     hook = hook or sae.cfg.metadata.hook_name
     if not hook:
@@ -76,36 +127,37 @@ def evaluate_sae(sae, model, tokens: Int[torch.Tensor, "rows seq"], hook: str | 
     if tokens.ndim != 2 or tokens.shape[1] < first + 2:
         raise ValueError(f"tokens must be [rows, seq] with seq >= {first + 2}, got {tuple(tokens.shape)}.")
     device = next(model.parameters()).device
-    ev = ExplainedVarianceCalculator()
-    fires = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
-    l0_sum, n_tok, n_pred = 0.0, 0, 0
-    ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    ev, sums = ExplainedVarianceCalculator(), _Sums(sae.cfg.d_sae, cfg.count_rows)
+    ce, n_pred = dict.fromkeys(("clean", "sae", "zero", "kl_sae", "kl_zero"), 0.0), 0
     for b in tqdm(range(0, tokens.shape[0], cfg.batch_size), desc="eval sae", disable=not progress):
         ids = tokens[b:b + cfg.batch_size].to(device)
         losses, x, recon, acts = _splice_losses(sae, model, ids, hook, first)
         ce = {k: ce[k] + losses[k] for k in ce}
-        flat_x, flat_r, on = x.flatten(0, 1).float(), recon.flatten(0, 1).float(), acts.flatten(0, 1) != 0
-        ev.add_batch(sae_output=flat_r, hidden_acts=flat_x)
-        fires += on.sum(0).double().cpu()
-        l0_sum += on.sum().item()
-        n_tok += on.shape[0]
+        ev.add_batch(sae_output=recon.flatten(0, 1).float(), hidden_acts=x.flatten(0, 1).float())
+        sums.add(x, recon, acts)
         n_pred += ids.shape[0] * (ids.shape[1] - first - 1)
     ce = {k: v / n_pred for k, v in ce.items()}
-    density = (fires / n_tok).float()
+    density = (sums.fires / sums.n).float()
     explained = ev.compute()
-    return {
-        "hook": hook, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "n_tokens": n_tok,
-        "l0": l0_sum / n_tok,
+    out = {
+        "hook": hook, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae, "n_tokens": sums.n, "n_rows": tokens.shape[0],
+        "context_size": tokens.shape[1], "llm_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        **sums.means(),
         "fvu": 1.0 - explained,
         "explained_variance": explained,
         "ce_loss_clean": ce["clean"], "ce_loss_with_sae": ce["sae"], "ce_loss_zero_ablation": ce["zero"],
         "ce_loss_recovered": (ce["zero"] - ce["sae"]) / (ce["zero"] - ce["clean"]),
         "delta_lm_loss": ce["sae"] - ce["clean"],
+        "kl_div_with_sae": ce["kl_sae"], "kl_div_with_ablation": ce["kl_zero"],
+        "kl_div_score": (ce["kl_zero"] - ce["kl_sae"]) / ce["kl_zero"] if ce["kl_zero"] else float("nan"),
         "dead_fraction": (density == 0).float().mean().item(),
         "dense_fraction": (density > cfg.dense_threshold).float().mean().item(),
         "eval_config": asdict(cfg),
         "feature_density": density.tolist(),
     }
+    if sums.rows is not None:
+        out["feature_rows"] = sums.rows.tolist()  # rows (prompts) in which each latent fires
+    return out
 
 
 def plot_density_histogram(density: Float[torch.Tensor, " d_sae"], path: str | Path, title: str,
@@ -142,29 +194,38 @@ def plot_density(metrics: dict, path: str | Path, title: str = "") -> Path:
 
 def evaluate_dir(sae_dir: str | Path, model=None, data: str | None = None, tokens: int | None = None,
                  hook: str | None = None, batch_size: int = EvalConfig.batch_size, context_size: int | None = None,
-                 device: str | None = None, progress: bool = True) -> tuple[dict, object]:
+                 device: str | None = None, progress: bool = True,
+                 saebench: str | Path | None = None) -> tuple[dict, object]:
     """Evaluate a saved SAE on the rows its training held out (read from its train_config.json);
-    returns (metrics with feature_density, model). `data`/`tokens`/`context_size` override the split."""
-    import json
+    returns (metrics with feature_density, model). `data`/`tokens`/`context_size` override the split.
 
-    from lm.model import load_model
+    `sae_dir` may also be a registry SAE (`sae_lens:RELEASE/SAE_ID`: no train_config, so pass
+    `model` and `data`). With `saebench`, the SAEBench core result is written there atomically
+    (`saes.saebench`; by convention `saebench_core.json` beside the metrics JSON)."""
+    from lm.model import load_model, model_hash
+    from saes.access import load_sae, sae_path
     from saes.config import TrainConfig
     from saes.data import split_rows
-    from saes.access import load_sae
 
-    sae_dir = Path(sae_dir)
-    sae = load_sae(sae_dir, device=device or "cpu")
-    tc = sae_dir / "train_config.json"
-    trained = json.loads(tc.read_text()) if tc.is_file() else {}
+    sae = load_sae(sae_dir, device="cpu")
+    local = Path(sae_path(sae) or sae_dir)
+    trained = read_json(local / "train_config.json") if (local / "train_config.json").is_file() else {}
     meta = sae.cfg.metadata
     tcfg = TrainConfig.from_dict({k: v for k, v in trained.items() if k in TrainConfig.__dataclass_fields__})
-    tcfg.model = trained.get("model") or meta.model_name or tcfg.model
+    given = model_hash(model) if model is not None else None  # what was passed, when nothing names it
+    tcfg.model = trained.get("model") or meta.model_name or given or tcfg.model
     tcfg.data = data or tcfg.data
     tcfg.context_size = context_size or trained.get("context_size") or meta.context_size or tcfg.context_size
     tcfg.eval_tokens = tokens or tcfg.eval_tokens
     model = model if model is not None else load_model(tcfg.model, device=device)
     eval_rows, _ = split_rows(tcfg, model.tokenizer, heldout_only=True)
-    cfg = EvalConfig(batch_size=batch_size, exclude_first=tcfg.exclude_first)
-    metrics = evaluate_sae(sae.to(next(model.parameters()).device), model, eval_rows, hook, cfg, progress)
+    cfg = EvalConfig(batch_size=batch_size, exclude_first=tcfg.exclude_first, count_rows=saebench is not None)
+    sae = load_sae(sae, device=next(model.parameters()).device)  # a cached copy there; the CPU one stays put
+    metrics = evaluate_sae(sae, model, eval_rows, hook, cfg, progress)
     metrics.update(model=tcfg.model, data=tcfg.data, sae=str(sae_dir))
+    if saebench is not None:
+        from saes.saebench import write_core_metrics
+
+        write_core_metrics(saebench, metrics, sae)
+        metrics.pop("feature_rows")
     return metrics, model

@@ -91,7 +91,7 @@ def main(argv=None):
         "uncapped_tok_s": round(tps["uncapped"], 2), "raw_tok_s": round(tps["raw"], 2), "sae_tok_s": round(tps["sae"], 2),
         "windowed_tok_s": round(tps["windowed"], 2), "window": args.window,
         "band": [band[0], band[-1]], "sae_hook": sides["sae"][0][0],
-        "batch_size": bs, "new_tokens": n, "axis": args.axis, "sae": sae_dir or "random",
+        "batch_size": bs, "new_tokens": n, "axis": args.axis, "sae": str(sae_dir) if sae_dir else "random",
     }))
 
 

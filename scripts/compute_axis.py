@@ -1,107 +1,13 @@
-"""Compute the Assistant Axis for a model: rollouts, response-token activations, filter, axis, PCA.
+"""`python scripts/compute_axis.py ARGS` is `steerlens axis ARGS`: flags and examples in
+steerlens/commands/axis.py
+(`steerlens axis --help`). `main(argv)` runs it in-process and returns its result."""
 
-Defaults are CPU-sized (4 roles per category x 2 system prompts x 8 questions, 48 new tokens:
-~430 rollouts, ~10 min on 2 cores for SmolLM2). `--full` is the whole bank (124 roles x 3 prompts
-x 48 questions, 128 new tokens): run it on a GPU. Rollouts and activations are cached in --out, so
-an interrupted run resumes and a bigger run reuses a smaller one's rollouts. `--export DIR` copies
-the artifact (no caches; transcripts only with --export-transcripts) e.g. to
-axis/pretrained/smollm2-default.
-
-    .venv/bin/python scripts/compute_axis.py --out runs/axis/smollm2
-    .venv/bin/python scripts/compute_axis.py --full --device cuda --gen-batch-size 256 \\
-        --sae saes/pretrained/smollm2-default --out runs/axis/smollm2-full --export axis/pretrained/smollm2-default
-    .venv/bin/python scripts/compute_axis.py --model tiny --roles-per-category 1 --n-questions 2 --max-new-tokens 8
-"""
-
-import argparse
-import json
-import shutil
-from pathlib import Path
-
-from lm.io import read_json, write_json
-from lm.model import load_model
-
-from axis.build import AxisConfig, build_axis
-from axis.sae_basis import BAND_DIR
-
-EXPORT = ["axis.safetensors", "axis.json", "config.json", "sae_axis.safetensors", "sae_axis.json",
-          "axis_summary.png", "axis_summary.json"]
+from steerlens.cli import run_command, script_entry
 
 
-def export(run: Path, dest: Path, transcripts: bool) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in EXPORT:
-        if (run / f).is_file():
-            shutil.copy2(run / f, dest / f)
-    if (run / BAND_DIR).is_dir():
-        shutil.copytree(run / BAND_DIR, dest / BAND_DIR, dirs_exist_ok=True)
-    rows = read_json(run / "transcripts.json")
-    meta = [{k: v for k, v in r.items() if k != "text"} for r in rows]
-    write_json(dest / "rollouts_meta.json", meta)
-    if transcripts:
-        shutil.copy2(run / "transcripts.json", dest / "transcripts.json")
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=AxisConfig.model, help="'smollm2-135m-instruct', a HF dir, or 'tiny'")
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--out", default=None, help="run directory (default runs/axis/<model>)")
-    ap.add_argument("--full", action="store_true", help="every role, prompt and question; 128 new tokens")
-    ap.add_argument("--roles-per-category", type=int, default=AxisConfig.roles_per_category)
-    ap.add_argument("--roles", nargs="+", default=None, help="explicit role names")
-    ap.add_argument("--prompts-per-role", type=int, default=AxisConfig.prompts_per_role)
-    ap.add_argument("--n-questions", type=int, default=AxisConfig.n_questions)
-    ap.add_argument("--max-new-tokens", type=int, default=None)
-    ap.add_argument("--temperature", type=float, default=AxisConfig.temperature)
-    ap.add_argument("--top-p", type=float, default=AxisConfig.top_p)
-    ap.add_argument("--seed", type=int, default=AxisConfig.seed)
-    ap.add_argument("--gen-batch-size", type=int, default=AxisConfig.gen_batch_size)
-    ap.add_argument("--harvest-batch-size", type=int, default=AxisConfig.harvest_batch_size)
-    ap.add_argument("--filter", default=AxisConfig.adherence_filter, choices=["assistant_lexicon", "none"])
-    ap.add_argument("--drop-empty-roles", action="store_true", help="drop roles the filter empties instead of failing")
-    ap.add_argument("--model-name", default=None, help="fills '{model_name}' in the default prompts")
-    ap.add_argument("--sae", default=None, help="SAELens SAE directory: also compute the SAE-basis axis")
-    ap.add_argument("--band-sae", nargs="+", default=[], metavar="DIR",
-                    help="more SAEs (e.g. one per capping-band layer): their feature axes go to sae_band/<hook>/")
-    ap.add_argument("--feature-stats", default=None, help="features analysis dir with latent labels")
-    ap.add_argument("--export", default=None, help="copy the artifact here (e.g. axis/pretrained/smollm2-default)")
-    ap.add_argument("--export-transcripts", action="store_true")
-    args = ap.parse_args(argv)
-
-    full = args.full
-    cfg = AxisConfig(
-        model=args.model, model_name=args.model_name,
-        roles_per_category=None if full else args.roles_per_category, roles=args.roles,
-        prompts_per_role=None if full else args.prompts_per_role,
-        n_questions=None if full else args.n_questions,
-        max_new_tokens=args.max_new_tokens or (128 if full else AxisConfig.max_new_tokens),
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed, gen_batch_size=args.gen_batch_size,
-        harvest_batch_size=args.harvest_batch_size, adherence_filter=args.filter,
-        drop_empty_roles=args.drop_empty_roles, sae=args.sae, band_saes=args.band_sae, feature_stats=args.feature_stats)
-    out = Path(args.out or f"runs/axis/{Path(str(args.model)).name}")
-    model = load_model(args.model, device=args.device)
-    ax = build_axis(model, cfg, out)
-    if args.export:
-        export(out, Path(args.export), args.export_transcripts)
-    s = ax.stats
-    mid = ax.n_layers // 2
-    summary = {"out": str(out), "n_rollouts": s["n_rollouts"], "n_roles": s["n_roles"],
-               "kept_fraction": round(s["filter"]["kept_fraction"], 3), "monitor_layer": s["monitor_layer"],
-               "cos_axis_pc1_min": round(min(s["pca"]["cos_axis_pc1"]), 3),
-               "cos_axis_pc1_mid": round(s["pca"]["cos_axis_pc1"][mid], 3),
-               "cos_filtered_unfiltered_min": round(min(s["filter"]["cos_axis_filtered_vs_unfiltered"]), 3),
-               "auroc_monitor": round(s["separation"]["auroc"][s["monitor_layer"]], 3), "seconds": s["seconds"]}
-    def recon_top20(fa):
-        return dict(zip(fa.stats["recon_k"], fa.stats["recon_cos"])).get(20)
-
-    if ax.feature is not None:
-        summary["sae_recon_cos_top20"] = recon_top20(ax.feature)
-    for fa in ax.feature_band:
-        summary[f"sae_band_L{fa.layer}"] = {"recon_cos_top20": recon_top20(fa),
-                                           "auroc": round(fa.stats["separation"]["auroc"], 3)}
-    print(json.dumps(summary))
+def main(argv: list[str] | None = None):
+    return run_command("axis", argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(script_entry("axis"))

@@ -1,96 +1,13 @@
-"""Find the SAE latents for a concept and report their held-out AUROC, labels and example activations.
+"""`python scripts/find_features.py ARGS` is `steerlens find ARGS`: flags and examples in
+steerlens/commands/find.py
+(`steerlens find --help`). `main(argv)` runs it in-process and returns its result."""
 
-    .venv/bin/python scripts/find_features.py --concept golden_gate_bridge
-    .venv/bin/python scripts/find_features.py --concept my_concept.json --sae path/to/sae --top 5
-    .venv/bin/python scripts/find_features.py --concept golden_gate_bridge --concept sycophantic_praise \
-        --dashboards runs/dashboards/default --write-concepts      # pages + saes/.../concepts.json
-
-A concept is a shipped name (features/concepts/*.json) or a JSON file in the same format
-(features/concepts/README.md). With --dashboards, one pass over --data computes feature stats
-(cached in DIR/analysis), the candidates get dashboard pages and each concept a results page.
---write-concepts stores the best latent per concept in concepts.json beside the SAE, with its
-maximum activation over --data (the unit relative clamping multiplies).
-"""
-
-import argparse
-import json
-from pathlib import Path
-
-from features.analysis import AnalysisConfig, analyze
-from features import SearchConfig, dataset_tokens, format_example, search_concept, write_concepts_json
-from features.dashboard import feature_page, write_dashboards
-from saes.access import DEFAULT_SAE, load_sae
-from lm.model import EMBEDDED, load_model
+from steerlens.cli import run_command, script_entry
 
 
-def report(result, tokenizer, dashboards: Path | None, n_examples: int) -> None:
-    print(f"\nconcept {result.name}: {result.n_selection} selection / {result.n_heldout} held-out texts, "
-          f"read as {result.wrap}, hook {result.hook}")
-    print(f"{'rank':>4} {'latent':>7} {'AUROC sel':>9} {'AUROC held':>10} {'mean diff':>10} {'cos raw':>8}  label")
-    for r, c in enumerate(result.candidates, 1):
-        link = ""
-        if dashboards is not None and feature_page(dashboards, c.latent).is_file():
-            link = f"  {feature_page(dashboards, c.latent)}"
-        print(f"{r:>4} {c.latent:>7} {c.auroc_selection:>9.3f} {c.auroc_heldout:>10.3f} {c.mean_diff:>10.4g} "
-              f"{c.raw_cosine:>8.3f}  {c.label}{link}")
-    raw = result.raw
-    print(f"raw difference of means ({raw.read} tokens): held-out AUROC {raw.auroc_heldout:.3f}, "
-          f"cosine with latent {result.best.latent}'s decoder {result.best.raw_cosine:.3f}, "
-          f"best-aligned latent {raw.best_latent} (cosine {raw.best_cosine:.3f})")
-    for c in result.candidates[:n_examples]:
-        print(f"held-out examples for latent {c.latent} (+ positive, − negative text; [activation] after tokens "
-              "at >= 20% of the text's max):")
-        for ex in c.examples:
-            print("  " + format_example(tokenizer, ex))
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--concept", action="append", required=True, help="shipped concept name or JSON file (repeatable)")
-    ap.add_argument("--sae", default=str(DEFAULT_SAE), help="SAELens SAE directory")
-    ap.add_argument("--model", default=EMBEDDED, help="model name, local HF dir, or 'tiny'")
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--top", type=int, default=10)
-    ap.add_argument("--wrap", choices=["chat", "plain"], default="chat", help="read texts as assistant replies or bare text")
-    ap.add_argument("--read", choices=["keywords", "all"], default="keywords", help="raw direction read positions")
-    ap.add_argument("--examples", type=int, default=3, help="print held-out examples for this many candidates")
-    ap.add_argument("--dashboards", default=None, help="write dashboards and concept pages to this directory")
-    ap.add_argument("--write-concepts", action="store_true", help="write concepts.json beside the SAE")
-    ap.add_argument("--data", default="default", help="text source for dashboards and max activations")
-    ap.add_argument("--max-tokens", type=int, default=None, help="cap on --data tokens (default: all)")
-    ap.add_argument("--context-size", type=int, default=128)
-    ap.add_argument("--out", default=None, help="also save each result as JSON + raw direction here")
-    ap.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
-    args = ap.parse_args(argv)
-
-    model = load_model(args.model, device=args.device)
-    sae = load_sae(args.sae, device=str(next(model.original_model.parameters()).device))
-    cfg = SearchConfig(wrap=args.wrap, read=args.read, top=args.top)
-    dash = Path(args.dashboards) if args.dashboards else None
-    stats = None
-    if dash is not None:
-        tokens = dataset_tokens(args.data, model.tokenizer, args.context_size, args.max_tokens)
-        stats = analyze(model, sae, tokens, AnalysisConfig(), cache_dir=dash / "analysis")
-    results = [search_concept(model, sae, c, cfg, stats=stats, progress=True) for c in args.concept]
-    if dash is not None:
-        feats = sorted({c.latent for r in results for c in r.candidates})
-        index = write_dashboards(stats, model.tokenizer, dash, features=feats, concepts=results)
-        print(f"dashboards: {index}")
-    for r in results:
-        report(r, model.tokenizer, dash, args.examples)
-        if args.out:
-            r.save(args.out)
-    if args.write_concepts:
-        data = stats if stats is not None else args.data
-        name = args.data + (f" (first {args.max_tokens} tokens)" if args.max_tokens else "")
-        table = write_concepts_json(args.sae, results, model, sae, data, args.context_size, args.max_tokens, name)
-        print(f"\nwrote {Path(args.sae) / 'concepts.json'}: {json.dumps(table)}")
-    if args.json:
-        print(json.dumps({r.name: {"latent": r.best.latent, "auroc_heldout": r.best.auroc_heldout,
-                                   "auroc_selection": r.best.auroc_selection, "label": r.best.label,
-                                   "raw_cosine": r.best.raw_cosine, "raw_auroc_heldout": r.raw.auroc_heldout}
-                          for r in results}))
+def main(argv: list[str] | None = None):
+    return run_command("find", argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(script_entry("find"))

@@ -8,7 +8,8 @@ Interventions are small value objects (`intervention`: the base class, `Steering
 `vectors` (Add, Ablate), `sae_edits` (Clamp, Scale: SAE features, error term kept), `caps` (Cap,
 SAECap), all measuring caps through `projection` (per token or `window`ed) and selecting tokens
 through `positions` (all / prompt / generated / explicit, KV-cache safe). SAEs come from
-`saes.access`, concept sets and latents from `features`. Then `metrics`, `directions` (difference
+`saes.access`, concept sets and latents from `features`. `control_vector` writes raw adds as
+llama.cpp / repeng control vectors (GGUF) and reads them back. Then `metrics`, `directions` (difference
 of means, matched norms), `experiment` (conditions, sweeps, plots), `compare` (W&B-tracked
 comparisons) and `amplification` (the Golden Gate and sycophancy experiments as one call, which the
 notebooks use: `run_amplification(model, "golden_gate", "runs/nb", AmplificationConfig(n_prompts=4))`).

@@ -10,23 +10,7 @@ import torch.nn.functional as F
 import saes.pretrained
 from saes import EvalConfig, evaluate_sae, load_sae, plot_density, save_sae
 from scripts import bench_sae_train, eval_sae
-from tests.helpers import HOOK
-
-
-def identity_sae(d: int = 64, zero: bool = False):
-    """A ReLU SAE with W_enc = [I, -I], W_dec = [I; -I]: relu(x) - relu(-x) = x (or 0 if zero)."""
-    from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=2 * d, apply_b_dec_to_input=False,
-                                        metadata=SAEMetadata(hook_name=HOOK)))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
-        sae.W_dec.copy_(torch.zeros(2 * d, d) if zero else torch.cat([eye, -eye], 0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
+from tests.helpers import HOOK, identity_sae, identity_sae_dir
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +82,7 @@ def test_saved_sae_loads_in_saelens_with_same_outputs(tmp_path, arch):
 
 
 def test_eval_script_and_density_plot(tiny, tmp_path):
-    text = tmp_path / "t.txt"
-    text.write_text("\n\n".join(f"Sentence number {i} is about cats, dogs and the sea." for i in range(200)))
-    sae_dir = tmp_path / "sae"
-    save_sae(identity_sae(), sae_dir, extra_json={"train_config.json": {
-        "model": "tiny", "data": str(text), "context_size": 16, "eval_tokens": 120}})
+    sae_dir, text = identity_sae_dir(tmp_path)
     eval_sae.main([str(sae_dir)])
     m = json.loads((sae_dir / "eval.json").read_text())
     assert m["n_tokens"] == 8 * 15 and m["fvu"] < 1e-6 and m["model"] == "tiny"
