@@ -164,12 +164,10 @@ def collapse_strength(results: list[dict], family: str, factor: float = 2.0) -> 
 
 def plot_dose_response(results: list[dict], path, title: str = "") -> None:
     """One panel per metric, one curve per family against strength (symlog x); baseline dashed."""
-    import matplotlib
+    from matplotlib.figure import Figure  # not pyplot: no process-wide backend switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4))
+    fig = Figure(figsize=(4.2 * len(METRICS), 3.4))
+    axes = fig.subplots(1, len(METRICS))
     base = next((r for r in results if r["condition"]["family"] == "baseline"), None)
     families = sorted({r["condition"]["family"] for r in results} - {"baseline"})
     for ax, m in zip(axes, METRICS):
@@ -191,7 +189,6 @@ def plot_dose_response(results: list[dict], path, title: str = "") -> None:
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def _cell(text: str, limit: int = 400) -> str:
