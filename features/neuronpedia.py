@@ -33,9 +33,11 @@ from pathlib import Path
 
 import torch
 
+from lm.harvest import last_layer
 from lm.io import atomic_dir, check_target
 from saes.access import check_features, check_sae, decoder_rows, load_sae, registry_id, sae_digest
 from features.analysis import AnalysisConfig, FeatureStats, analyze, dataset_tokens
+from features.labels import token_text
 from features.logit_lens import unembedding
 
 # The creator id Neuronpedia's bulk imports fall back to (SAEDashboard's FALLBACK_CREATOR_ID): a
@@ -60,11 +62,6 @@ class NeuronpediaConfig:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9.\-]+", "-", Path(str(name)).name.lower()).strip("-") or "model"
-
-
-def _layer(hook: str) -> int:
-    m = re.match(r"blocks\.(\d+)\.", hook)
-    return int(m.group(1)) if m else 0
 
 
 def _split_options(options: dict) -> tuple[NeuronpediaConfig, dict]:
@@ -93,7 +90,7 @@ def _stats(model, sae, hook: str, cfg: NeuronpediaConfig, stats=None, tokens=Non
 
 
 def _strs(tok, ids) -> list[str]:
-    return [tok.decode([int(i)]) for i in ids]
+    return [token_text(tok, i) for i in ids]
 
 
 def _freq_hist(stats: FeatureStats, i: int) -> tuple[list[float], list[float]]:
@@ -194,7 +191,7 @@ def export_features(model, sae, out_dir: str | Path, features: list[int], overwr
     ids = check_features(sae, features, "export_features", nonempty=True)
     stats = _stats(model, sae, hook, cfg, **inputs)
     model_id = _slug(cfg.model_id or sae.cfg.metadata.model_name or model.cfg.model_name)
-    source_id = f"{_layer(hook)}-{cfg.source_set}"
+    source_id = f"{last_layer([hook]) or 0}-{cfg.source_set}"
     now = datetime.now(timezone.utc).isoformat()
     base = {"modelId": model_id, "layer": source_id, "creatorId": cfg.creator_id, "createdAt": now}
     rows = decoder_rows(sae, torch.tensor(ids, device=sae.W_dec.device)).detach().float().cpu()

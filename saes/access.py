@@ -31,7 +31,7 @@ from lm.harvest import forward_batch
 from saes.pretrained import DEFAULT_NAME, PRETRAINED_DIR
 
 __all__ = ["DEFAULT_SAE", "REGISTRY_PREFIX", "FeatureIdError", "check_editable", "check_features", "check_sae",
-           "decoder_rows", "encode", "feature_acts", "feature_reader", "load_registry_sae", "load_sae", "on_device",
+           "feature_id", "decoder_rows", "encode", "feature_acts", "feature_reader", "load_registry_sae", "load_sae", "on_device",
            "registry_id", "sae_digest", "sae_hook", "sae_path"]
 
 DEFAULT_SAE: Path = PRETRAINED_DIR / DEFAULT_NAME  # absolute, so notebooks run from notebooks/ find it
@@ -251,18 +251,23 @@ def check_editable(sae, what: str = "SAE") -> None:
                          "normalisation into the weights first (sae.fold_activation_norm_scaling_factor).")
 
 
+def feature_id(f, what: str = "features", digit_strings: bool = False) -> int:
+    """One feature id as an int (numpy/torch ints too; with `digit_strings`, JSON's string keys);
+    anything else raises `FeatureIdError`."""
+    if digit_strings and isinstance(f, str) and f.isdigit():
+        return int(f)
+    try:
+        if isinstance(f, bool):
+            raise TypeError
+        return operator.index(f)
+    except TypeError:
+        raise FeatureIdError(f"{what}: feature id {f!r} is not an integer; feature ids are ints.") from None
+
+
 def check_features(sae_or_width, features, what: str = "features", nonempty: bool = False) -> list[int]:
     """Feature ids as ints, each in [0, d_sae); anything else raises `FeatureIdError`."""
     d_sae = sae_or_width if isinstance(sae_or_width, int) else int(sae_or_width.cfg.d_sae)
-    ids = []
-    for f in features:
-        try:
-            if isinstance(f, bool):
-                raise TypeError
-            ids.append(operator.index(f))
-        except TypeError:
-            raise FeatureIdError(f"{what}: feature id {f!r} is not an integer; ids are ints in "
-                                 f"0..{d_sae - 1}.") from None
+    ids = [feature_id(f, what) for f in features]
     bad = [f for f in ids if not 0 <= f < d_sae]
     if bad:
         raise FeatureIdError(f"{what}: feature id {bad[0]} is out of range: this SAE has d_sae={d_sae} latents, "

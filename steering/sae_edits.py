@@ -8,13 +8,12 @@ reached through `saes.access`; `prepare_sae` is the one fit check all SAE interv
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
 import torch
 
 from features import concept_max_activations
-from saes.access import (FeatureIdError, check_editable, check_features, check_sae, decoder_rows, feature_reader, load_sae,
+from saes.access import (check_editable, check_features, check_sae, decoder_rows, feature_id, feature_reader, load_sae,
                          on_device, sae_path)
 from steering.intervention import Intervention, check_finite, model_place
 from steering.positions import Positions, check_positions, edit_hook
@@ -35,18 +34,6 @@ def sae_field(sae) -> str:
         raise ValueError("This intervention holds an in-memory SAE with no path, so it cannot be serialised: "
                          "save it with `sae.save_model(dir)` and build the intervention from `dir`.")
     return path
-
-
-def feature_id(f, what: str) -> int:
-    """A feature id from Python or JSON (where dict keys are strings)."""
-    if isinstance(f, str) and f.isdigit():
-        return int(f)
-    try:
-        if isinstance(f, bool):
-            raise TypeError
-        return operator.index(f)
-    except TypeError:
-        raise FeatureIdError(f"{what}: feature ids are ints, got {f!r}.") from None
 
 
 class _FeatureEdit(Intervention):
@@ -81,10 +68,11 @@ class Clamp(_FeatureEdit):
     def __post_init__(self):
         if not isinstance(self.features, dict):
             raise TypeError("Clamp.features is a dict {feature_id: value}, e.g. {1234: 10.0}.")
-        self.features = {feature_id(f, "Clamp"): check_finite(v, f"Clamp value of feature {f}")
+        self.features = {feature_id(f, "Clamp", digit_strings=True): check_finite(v, f"Clamp value of feature {f}")
                          for f, v in self.features.items()}
         if self.max_activations is not None:
-            self.max_activations = {feature_id(f, "Clamp"): check_finite(v, f"max activation of feature {f}")
+            self.max_activations = {feature_id(f, "Clamp", digit_strings=True):
+                                    check_finite(v, f"max activation of feature {f}")
                                     for f, v in self.max_activations.items()}
         self.positions = check_positions(self.positions)
 
@@ -138,7 +126,7 @@ class Scale(_FeatureEdit):
     hook: str | None = None
 
     def __post_init__(self):
-        self.features = [feature_id(f, "Scale") for f in self.features]
+        self.features = [feature_id(f, "Scale", digit_strings=True) for f in self.features]
         self.factor = check_finite(self.factor, "Scale.factor")
         self.positions = check_positions(self.positions)
 

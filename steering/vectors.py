@@ -10,7 +10,8 @@ from jaxtyping import Float
 
 from steering.intervention import Intervention, check_finite, check_hook, check_vector, model_place
 from steering.positions import Positions, check_positions, edit_hook
-from steering.sae_edits import Scale, feature_id, sae_field
+from saes.access import feature_id
+from steering.sae_edits import Scale, sae_field
 
 
 @dataclass(eq=False)
@@ -59,7 +60,7 @@ class Ablate(Intervention):
         else:
             if self.sae is None or not self.features:
                 raise ValueError("Ablate of SAE features needs both sae= and features=[...].")
-            self.features = [feature_id(f, "Ablate") for f in self.features]
+            self.features = [feature_id(f, "Ablate", digit_strings=True) for f in self.features]
         self.positions = check_positions(self.positions)
 
     def hooks(self, model):
