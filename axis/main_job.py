@@ -45,6 +45,7 @@ class MainJobConfig:
     context: int = 128
     sae: str | None = None  # SAE directory (None: the shipped smollm2-default)
     sae_eval_tokens: int = 8192  # the held-out rows metrics.json used
+    sae_eval_chats: int = 16  # held-out whole chats (metrics.json: 64)
     clamp_prompts: int = 6  # prompts per clamping experiment
     clamp_tokens: int = 48
     axis: str = str(SHIPPED_AXIS)
@@ -129,28 +130,35 @@ def stage_harvest(job: Job, report: Report) -> None:
 
 
 def stage_sae(job: Job, report: Report) -> None:
+    from saes.chat_eval import ChatEvalConfig
     from saes.eval import evaluate_dir, plot_density
     from saes.pretrained import TRAIN_COMMAND, default_sae_path
 
     sec = report.section("sae", "Sparse autoencoder (shipped default)")
     path = job.sae_dir = Path(job.cfg.sae) if job.cfg.sae else default_sae_path()
     shipped = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
-    metrics, _ = evaluate_dir(path, job.model, tokens=job.cfg.sae_eval_tokens)
+    metrics, _ = evaluate_dir(path, job.model, tokens=job.cfg.sae_eval_tokens,
+                              chats=ChatEvalConfig(n_chats=job.cfg.sae_eval_chats))
     plot_density(metrics, report.dir / "sae_density.png", title=path.name)
     sec.figures.append("sae_density.png")
     metrics.pop("feature_density")
+    chats, ship_chats = metrics.get("chats", {}), shipped.get("chats", {})
     keys = ["l0", "fvu", "explained_variance", "ce_loss_recovered", "delta_lm_loss", "dead_fraction",
             "dense_fraction", "n_tokens"]
     rows = [[k, f"{metrics[k]:.4g}", f"{shipped[k]:.4g}" if k in shipped else "-"] for k in keys]
-    sec.tables.append(table(["metric", f"this run ({metrics['n_tokens']:,} held-out tokens)",
-                             "shipped metrics.json"], rows))
-    bar = {"l0": (16, 64), "fvu": (None, 0.25), "ce_loss_recovered": (0.85, None), "dead_fraction": (None, 0.10)}
-    met = {k: (lo is None or metrics[k] >= lo) and (hi is None or metrics[k] <= hi) for k, (lo, hi) in bar.items()}
-    sec.numbers.update(metrics=metrics, shipped=shipped, quality_bar=bar, quality_bar_met=met)
+    for k in ("fvu_ordinary_tokens", "fvu_all_tokens", "n_massive", "ce_loss_recovered", "n_tokens"):
+        if k in chats:
+            rows.append([f"chats: {k}", f"{chats[k]:.4g}", f"{ship_chats[k]:.4g}" if k in ship_chats else "-"])
+    sec.tables.append(table(["metric", f"this run ({metrics['n_tokens']:,} held-out row tokens, "
+                             f"{chats.get('n_chats', 0)} held-out chats)", "shipped metrics.json"], rows))
+    bar = metrics.get("quality_bar", {})
+    sec.numbers.update(metrics=metrics, shipped=shipped, quality_bar=bar)
     sec.text.append(f"{path.name}: {metrics['hook']}, d_sae {metrics['d_sae']}, evaluated on the held-out rows of "
-                    f"its training data (SAE spliced in at every position but the attention sink). Quality bar "
-                    f"(L0 16-64, FVU <= 0.25, CE recovered >= 0.85, dead < 10%): "
-                    f"{'met' if all(met.values()) else 'NOT met: ' + str(met)}. Retrain with: {TRAIN_COMMAND}")
+                    "its training data (position 0, the attention sink, excluded) and on whole held-out chats from "
+                    "position 0, where a few massive-activation tokens (norm > 10x the median; counted above) carry "
+                    "nearly all the variance: FVU on the ordinary tokens is the figure that means something. "
+                    "Quality bar (chats: FVU ordinary <= 0.15, CE recovered >= 0.95; dead < 10%): "
+                    f"{'met' if bar.get('pass') else 'NOT met: ' + str(bar.get('checks'))}. Retrain with: {TRAIN_COMMAND}")
 
 
 def stage_features(job: Job, report: Report) -> None:
@@ -181,29 +189,51 @@ def stage_features(job: Job, report: Report) -> None:
 
 
 def stage_clamp(job: Job, report: Report) -> None:
-    from steering.amplification import AmplificationConfig, run_amplification
+    from steering.amplification import EXPERIMENTS, AmplificationConfig, run_amplification
+    from steering.recipe import recipe_path, recipe_results
 
-    sec = report.section("clamp", "Feature clamping (amplification experiments)")
+    sec = report.section("clamp", "Feature steering (amplification experiments)")
     heads = {}
     for name in ("golden_gate", "sycophancy"):
-        cfg = AmplificationConfig(sae=str(job.sae_dir), n_prompts=job.cfg.clamp_prompts,
-                                  strengths=[0.0, 2.0, 5.0, 10.0, 20.0, 50.0], neutral_texts=4)
+        spec = EXPERIMENTS[name]
+        cfg = AmplificationConfig(sae=str(job.sae_dir), n_prompts=job.cfg.clamp_prompts, neutral_texts=2)
         cfg.generation.max_new_tokens = job.cfg.clamp_tokens
         out = report.dir / "clamp" / name
         heads[name] = head = run_amplification(job.model, name, out, cfg)
-        sec.text.append(f"{name} (latent {head['latent']}, {head['strength']:g}x max activation "
-                        f"{head['max_activation']:.2f}): concept rate {head['baseline']['concept_rate']:.2f} unsteered "
-                        f"-> {head['sae_clamp']['concept_rate']:.2f} clamped (raw direction "
-                        f"{head['raw_add']['concept_rate']:.2f}, random {head['random_add']['concept_rate']:.2f}); "
-                        f"answer perplexity ratio {head['sae_clamp']['ppl_ratio']:.2f}; fluency collapses (ppl > 2x) "
-                        f"from {head['collapse_strength']}.")
+        tuned = recipe_results(spec["recipe"])
+        lit = f"paper_clamp_{spec['strength']:g}x"
+        order = ["recipe", lit, "raw_add", "system_prompt"]
+        rows = [[c, f"{head[c]['harmonic']:.2f}", f"{head[c]['concept_rate']:.2f}", f"{head[c]['fluency_ppl_ratio']:.2f}",
+                 f"{head[c]['distinct2_ratio']:.2f}", f"{head[c]['looping_rate']:.2f}", f"{head[c]['relevance']:.2f}"]
+                for c in order if c in head]
+        rows.insert(0, ["baseline", "-", f"{head['baseline']['concept_rate']:.2f}", "1.00", "1.00",
+                        f"{head['baseline']['looping_rate']:.2f}", "-"])
+        sec.tables.append(table([f"{name}: condition", "harmonic mean", "concept rate", "fluency ppl / unsteered",
+                                 "distinct-2 / unsteered", "answers looping", "relevance score"], rows))
+        rec = head["recipe"]
+        sec.text.append(
+            f"{name}: recipe {recipe_path(spec['recipe']).name} ({tuned['chosen']}, chosen on {tuned['dev']['n_prompts']} "
+            f"dev prompts: concept rate {tuned['dev']['chosen']['concept_rate']:.2f}, harmonic "
+            f"{tuned['dev']['chosen']['harmonic']:.2f}; on {tuned['test']['n_prompts']} held-out test prompts "
+            f"{tuned['test']['chosen']['concept_rate']:.2f} / {tuned['test']['chosen']['harmonic']:.2f}). Here, on "
+            f"{head['n_prompts']} prompts: concept rate {head['baseline']['concept_rate']:.2f} unsteered -> "
+            f"{rec['concept_rate']:.2f} with the recipe (targets met: {rec['targets']['met']}), against "
+            f"{head[lit]['concept_rate']:.2f} for the paper's literal {spec['strength']:g}x clamp of the best input "
+            f"latent (fluency ppl ratio {head[lit]['fluency_ppl_ratio']:.2f}, distinct-2 ratio "
+            f"{head[lit]['distinct2_ratio']:.2f}); recipe minus raw direction on the harmonic mean: "
+            f"{rec.get('harmonic_minus_raw', float('nan')):+.2f}.")
         by = {r["condition"]["name"]: r for r in json.loads((out / "results.json").read_text())["results"]}
-        cols = ["baseline"] + [f"{f}_{head['strength']:g}x" for f in ("sae_clamp", "raw_add", "random_add")]
-        rows = [[g["prompt"]] + [by[c]["generations"][i]["answer"] for c in cols]
-                for i, g in enumerate(by["baseline"]["generations"])]
-        sec.tables.append(table(["prompt"] + cols, rows))
+        cols = ["baseline"] + [c for c in order if c in by]
+        sec.tables.append(table(["prompt"] + cols, [[g["prompt"]] + [by[c]["generations"][i]["answer"] for c in cols]
+                                                    for i, g in enumerate(by["baseline"]["generations"])]))
         shutil.copy(out / "dose_response.png", report.dir / f"clamp_{name}.png")
         sec.figures.append(f"clamp_{name}.png")
+    sec.text.append("Scores (steering.metrics.scores, AxBench-style, judge-free, each in [0, 1] against the unsteered "
+                    "answers): concept = keyword-regex hit rate; fluency = min(unsteered / steered perplexity of the "
+                    "answer read on its own, steered / unsteered distinct-2); relevance = how much more likely the "
+                    "answer is after its own question than after another one, relative to unsteered; headline = "
+                    "harmonic mean. Prompts: the held-out test split (never used for tuning) after "
+                    "\"What is your physical form?\".")
     sec.numbers.update(headline=heads)
 
 

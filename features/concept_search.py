@@ -89,6 +89,28 @@ def tokenize_text(tokenizer, text: str, cfg: SearchConfig, keywords: list[str]):
     return ids, measured, kw
 
 
+def keyword_tokens(tokenizer, concept: Concept, cfg: SearchConfig | None = None, min_chars: int = 3,
+                   max_negative: float = 0.1) -> list[int]:
+    """Token ids that start a keyword match in the concept's positive texts (" Golden", " Gate",
+    " fog", ...): the tokens whose probability `features.output_score` counts as the concept's.
+    Dropped: word pieces shorter than `min_chars` letters ("it" of Sausalito) and tokens found in
+    more than `max_negative` of the negative texts (" you" of "you're so brilliant", " bridge" when
+    the negatives are other bridges), which say nothing about the concept."""
+    cfg = cfg or SearchConfig()
+    found = set()
+    for text in concept.positive:
+        ids, _, kw = tokenize_text(tokenizer, text, cfg, concept.keywords)
+        starts = [i for j, (i, k) in enumerate(zip(ids, kw)) if k and (j == 0 or not kw[j - 1])]
+        found |= {i for i in starts if len(token_text(tokenizer, i).strip()) >= min_chars}
+    in_neg = {}
+    for text in concept.negative:
+        ids, measured, _ = tokenize_text(tokenizer, text, cfg, [])
+        for i in {i for i, m in zip(ids, measured) if m}:
+            in_neg[i] = in_neg.get(i, 0) + 1
+    limit = max_negative * len(concept.negative)
+    return sorted(i for i in found if in_neg.get(i, 0) <= limit)
+
+
 def read_texts(model, hook: str, texts: list[str], cfg: SearchConfig, keywords: list[str] = (),
                progress: bool = False) -> list[TextActs]:
     """Residuals at `hook` for the measured tokens of each text (batched, right-padded)."""

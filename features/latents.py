@@ -19,6 +19,7 @@ from features.analysis import FeatureStats, dataset_tokens
 from features.concept_search import ConceptResult
 
 FILE = "concepts.json"
+NORMS = "norms.json"  # {"residual_norm_median", "a_max_median", ...}: the strength units of steering at this SAE
 
 
 def latent_max_activations(model, sae, tokens, latents, batch_size: int = 16, progress: bool = True) -> dict[int, float]:
@@ -30,6 +31,43 @@ def latent_max_activations(model, sae, tokens, latents, batch_size: int = 16, pr
         _, f = feature_acts(model, sae, tokens[a:a + batch_size], hook)
         best = torch.maximum(best, f[:, 1:, latents].float().cpu().amax((0, 1)))
     return {i: float(v) for i, v in zip(latents, best)}
+
+
+def corpus_stats(model, sae, tokens, latents: list[int] = (), batch_size: int = 16,
+                 progress: bool = True) -> tuple[dict, dict[int, float]]:
+    """One pass over token rows (position 0, the attention sink, excluded): the SAE's strength units
+    (median residual norm at its hook, median a_max = largest feature activation per token, median
+    decoder norm) and the max activation of each of `latents`."""
+    hook = check_sae(model, sae)
+    latents = check_features(sae.cfg.d_sae, list(latents)) if len(latents) else []
+    norms, amax, best = [], [], torch.zeros(len(latents))
+    for a in tqdm(range(0, tokens.shape[0], batch_size), desc="corpus stats", disable=not progress):
+        x, f = feature_acts(model, sae, tokens[a:a + batch_size], hook)
+        norms.append(x[:, 1:].float().norm(dim=-1).flatten().cpu())
+        amax.append(f[:, 1:].float().amax(-1).flatten().cpu())
+        if latents:
+            best = torch.maximum(best, f[:, 1:, latents].float().cpu().amax((0, 1)))
+    norms, amax = torch.cat(norms), torch.cat(amax)
+    units = {"hook": hook, "residual_norm_median": float(norms.median()), "a_max_median": float(amax.median()),
+             "decoder_norm_median": float(sae.W_dec.detach().float().norm(dim=-1).median()),
+             "n_tokens": int(norms.numel())}
+    return units, {i: float(v) for i, v in zip(latents, best)}
+
+
+def write_sae_norms(sae_dir: str | Path, units: dict) -> Path:
+    """`norms.json` beside the SAE: the units steering strengths are recorded in (see `corpus_stats`)."""
+    path = Path(sae_dir) / NORMS
+    write_json(path, units)
+    return path
+
+
+def sae_norms(sae_dir: str | Path) -> dict:
+    """The SAE directory's norms.json (see `write_sae_norms`)."""
+    file = Path(sae_dir) / NORMS
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist: run `steerlens find --write-concepts --sae {sae_dir}` "
+                                "(it writes the SAE's strength units), or pass the unit explicitly.")
+    return read_json(file)
 
 
 def write_concepts_json(sae_dir: str | Path, results: list[ConceptResult], model, sae, dataset="default",
@@ -81,7 +119,10 @@ def load_concept_latents(sae_dir: str | Path = DEFAULT_SAE) -> dict[str, dict]:
 
 def concept_max_activations(sae_dir: str | Path, features: list[int]) -> dict[int, float]:
     """Max activations of `features` as recorded in the SAE directory's concepts.json."""
-    known = {int(c["latent"]): float(c["max_activation"]) for c in load_concept_latents(sae_dir).values()}
+    known = {}
+    for c in load_concept_latents(sae_dir).values():  # chosen latents, and every measured candidate
+        for x in [c] + list(c.get("candidates", [])):
+            known.setdefault(int(x["latent"]), float(x["max_activation"]))
     missing = [f for f in features if f not in known]
     if missing:
         raise KeyError(f"relative clamp: no max activation for feature(s) {missing} in {Path(sae_dir) / FILE}; "

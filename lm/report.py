@@ -15,8 +15,8 @@ from lm.io import atomic_path, write_json
 
 PAGE = Template("""<!doctype html><html><head><meta charset="utf-8"><title>{{ title }}</title>
 <style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top;
-text-align:left;font-size:14px}pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em}img{max-width:100%}
+table{border-collapse:collapse;margin:.5em 0;max-width:100%}td,th{border:1px solid #ccc;padding:4px 8px;
+vertical-align:top;text-align:left;font-size:14px;overflow-wrap:anywhere}pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em}img{max-width:100%}
 h2{border-bottom:1px solid #ddd;padding-bottom:.2em}.muted{color:#777}</style></head><body>
 <h1>{{ title }}</h1><p class="muted">{{ created }} &middot; numbers in <a href="report.json">report.json</a></p>
 {% for s in sections %}<h2 id="{{ s.key }}">{{ s.title }}</h2>

@@ -311,8 +311,10 @@ def _plain_topk(sae) -> bool:
     return not hooked and sae.cfg.normalize_activations in EDITABLE_NORMS and sae.cfg.reshape_activations == "none"
 
 
-def feature_reader(sae, idx: Int[torch.Tensor, " k"]) -> Callable[[torch.Tensor], Float[torch.Tensor, "... k"]]:
-    """A function x -> activations of features `idx` only, equal to `sae.encode(x)[..., idx]`.
+def feature_reader(sae, idx: Int[torch.Tensor, " k"], with_max: bool = False
+                   ) -> Callable[[torch.Tensor], Float[torch.Tensor, "... k"]]:
+    """A function x -> activations of features `idx` only, equal to `sae.encode(x)[..., idx]`; with
+    `with_max`, x -> (those, the largest activation of any feature per token: Arad et al.'s a_max).
 
     Clamping decodes only the change, so per decoding step the SAE's cost is its encode. For plain
     TopK SAEs a feature is active iff its pre-activation reaches the k-th largest, which skips the
@@ -320,6 +322,11 @@ def feature_reader(sae, idx: Int[torch.Tensor, " k"]) -> Callable[[torch.Tensor]
     Anything else goes through the SAE's own encode.
     """
     if not _plain_topk(sae):
+        if with_max:
+            def read_full(x):
+                f = sae.encode(x)
+                return f[..., idx], f.amax(-1)
+            return read_full
         return lambda x: sae.encode(x)[..., idx]
     k = int(sae.activation_fn.k)
     shift = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
@@ -330,10 +337,11 @@ def feature_reader(sae, idx: Int[torch.Tensor, " k"]) -> Callable[[torch.Tensor]
         pre = torch.addmm(sae.b_enc, x2 - shift if shift is not None else x2, sae.W_enc)
         if scale is not None:
             pre = pre * scale
-        kth = pre.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+        top = pre.topk(k, dim=-1, sorted=False).values
+        kth = top.amin(-1, keepdim=True)
         sel = pre[:, idx]
-        f = torch.where(sel >= kth, sel.relu(), torch.zeros_like(sel))
-        return f.reshape(*x.shape[:-1], len(idx))
+        f = torch.where(sel >= kth, sel.relu(), torch.zeros_like(sel)).reshape(*x.shape[:-1], len(idx))
+        return (f, top.amax(-1).relu().reshape(x.shape[:-1])) if with_max else f
     return read
 
 

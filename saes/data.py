@@ -5,7 +5,8 @@ rest are dealt round-robin into `data_shards` shards. The global batch at step s
 slice from every shard, cut from a permutation seeded by (seed, epoch, shard). So the batch at any
 step is a pure function of the config: a resumed run sees exactly the data it would have seen,
 and torchrun ranks (each owning whole shards) split every global batch without overlap, for any
-world size that divides the shard count.
+world size that divides the shard count. `heldout_conversations` gives the whole conversations
+clear of every training row, for the chat evaluation (`saes.chat_eval.evaluate_chats`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 
@@ -22,29 +24,60 @@ from lm.text import pack, token_sequences
 from saes.config import TrainConfig
 
 
-def split_rows(cfg: TrainConfig, tokenizer, heldout_only: bool = False
-               ) -> tuple[Int[torch.Tensor, "e ctx"], Int[torch.Tensor, "t ctx"] | None]:
-    """(held-out rows, training rows) of `context_size` tokens, in the seeded order."""
-    rows = pack(token_sequences(cfg.data, tokenizer), cfg.context_size)
-    order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
+def _split_indices(cfg: TrainConfig, n_rows: int, heldout_only: bool = False
+                   ) -> tuple[Int[torch.Tensor, " e"], Int[torch.Tensor, " t"] | None]:
+    """(held-out, training) row indices of `n_rows` packed rows: the one seeded split."""
+    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(cfg.seed))
     n_eval = -(-cfg.eval_tokens // cfg.tokens_per_row)
-    if n_eval >= rows.shape[0]:
-        raise ValueError(f"{cfg.data!r} packs into only {rows.shape[0]} rows of {cfg.context_size} tokens; "
+    if n_eval >= n_rows:
+        raise ValueError(f"{cfg.data!r} packs into only {n_rows} rows of {cfg.context_size} tokens; "
                          f"holding out {n_eval} for evaluation leaves none. Lower eval_tokens or give more data.")
     if heldout_only:
-        return rows[order[:n_eval]], None
+        return order[:n_eval], None
     train = order[n_eval:]
     if cfg.data_mode == "cached":  # only what gets harvested, in whole rows per shard
         per_shard = -(-cfg.harvest_tokens // (cfg.tokens_per_row * cfg.data_shards))
         train = train[: per_shard * cfg.data_shards]
         if len(train) < per_shard * cfg.data_shards:
             raise ValueError(
-                f"{cfg.data!r} packs into {rows.shape[0]} rows of {cfg.context_size} tokens; "
+                f"{cfg.data!r} packs into {n_rows} rows of {cfg.context_size} tokens; "
                 f"{n_eval} held out + {per_shard * cfg.data_shards} to harvest do not fit. "
                 "Lower harvest_tokens/eval_tokens or give more data.")
     if len(train) == 0:
         raise ValueError(f"{cfg.data!r} has no rows left for training after holding out {n_eval}.")
-    return rows[order[:n_eval]], rows[train]
+    return order[:n_eval], train
+
+
+def split_rows(cfg: TrainConfig, tokenizer, heldout_only: bool = False
+               ) -> tuple[Int[torch.Tensor, "e ctx"], Int[torch.Tensor, "t ctx"] | None]:
+    """(held-out rows, training rows) of `context_size` tokens, in the seeded order."""
+    rows = pack(token_sequences(cfg.data, tokenizer), cfg.context_size)
+    held, train = _split_indices(cfg, rows.shape[0], heldout_only)
+    return rows[held], None if train is None else rows[train]
+
+
+def heldout_conversations(cfg: TrainConfig, tokenizer, n: int | None = None) -> list[np.ndarray]:
+    """Whole conversations (documents) of `cfg.data` sharing no token with any row the SAE trained on,
+    in corpus order, the first `n`: chats from position 0, as the model sees them in use.
+
+    A conversation over flat tokens [a, b) touches rows a // ctx .. (b - 1) // ctx of the packing;
+    rows past the packed tail do not exist, so a conversation there counts as held out. Sequences
+    under 2 tokens (nothing to predict) are skipped. The list may be empty (e.g. stream mode, where
+    every row outside the held-out ones is a training row)."""
+    seqs = token_sequences(cfg.data, tokenizer)
+    ctx = cfg.context_size
+    n_rows = pack(seqs, ctx).shape[0]  # pack's own checks, as split_rows
+    _, train = _split_indices(cfg, n_rows)
+    trained = np.zeros(n_rows + 1, dtype=np.int64)  # one extra row: "past the tail", never trained
+    trained[train.numpy()] = 1
+    before = np.concatenate([[0], np.cumsum(trained)])  # training rows among rows < i
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    first = np.minimum((ends - lengths) // ctx, n_rows)
+    last = np.minimum((ends - 1) // ctx, n_rows)
+    clear = (before[last + 1] - before[first] == 0) & (lengths >= 2)
+    held = [s for s, ok in zip(seqs, clear) if ok]
+    return held if n is None else held[:n]
 
 
 def harvest_shards(model, cfg: TrainConfig, rows: Int[torch.Tensor, "t ctx"], shards: list[int],

@@ -5,12 +5,15 @@ every other position, but here position 0 of each row (an attention sink, whatev
 excluded by position, as in training. So position 0 is left untouched in the spliced and ablated
 runs and is dropped from every statistic, and the LM loss is taken over the predictions made from
 positions >= 1. SAELens's streaming explained-variance calculator is reused.
+
+Whole chats from position 0, where massive activations dominate the variance, are `saes.chat_eval`'s.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +21,11 @@ from jaxtyping import Float, Int
 from sae_lens.evals import ExplainedVarianceCalculator
 from tqdm.auto import tqdm
 
-from lm.harvest import check_hook_names
 from lm.io import read_json
+from saes.chat_eval import resolve_hook
+
+if TYPE_CHECKING:
+    from saes.chat_eval import ChatEvalConfig
 
 
 @dataclass
@@ -119,10 +125,7 @@ def evaluate_sae(sae, model, tokens: Int[torch.Tensor, "rows seq"], hook: str | 
     MSE is the per-token squared error summed over dimensions (SAELens's definition); CE and KL are
     means over the predictions made from positions >= 1 (>= 0 without exclude_first)."""
     cfg = cfg or EvalConfig()
-    hook = hook or sae.cfg.metadata.hook_name
-    if not hook:
-        raise ValueError("The SAE's cfg has no metadata.hook_name; pass hook=... explicitly.")
-    check_hook_names(model, [hook])
+    hook = resolve_hook(sae, model, hook)
     first = int(cfg.exclude_first)
     if tokens.ndim != 2 or tokens.shape[1] < first + 2:
         raise ValueError(f"tokens must be [rows, seq] with seq >= {first + 2}, got {tuple(tokens.shape)}.")
@@ -195,15 +198,23 @@ def plot_density(metrics: dict, path: str | Path, title: str = "") -> Path:
 def evaluate_dir(sae_dir: str | Path, model=None, data: str | None = None, tokens: int | None = None,
                  hook: str | None = None, batch_size: int = EvalConfig.batch_size, context_size: int | None = None,
                  device: str | None = None, progress: bool = True,
-                 saebench: str | Path | None = None) -> tuple[dict, object]:
+                 saebench: str | Path | None = None, chats: ChatEvalConfig | None = None,
+                 chats_from: str | None = None) -> tuple[dict, object]:
     """Evaluate a saved SAE on the rows its training held out (read from its train_config.json);
     returns (metrics with feature_density, model). `data`/`tokens`/`context_size` override the split.
+
+    With `chats`, also `saes.chat_eval.evaluate_chats` on whole conversations (`metrics["chats"]`,
+    where they came from in its "source") and the `quality_bar` (`metrics["quality_bar"]`); see
+    `chat_conversations`.
+    When none can be chosen (no conversation clear of the training rows, or a train_config whose
+    split does not fit the data) `metrics["chats"]` is {"skipped": why} and the bar fails.
 
     `sae_dir` may also be a registry SAE (`sae_lens:RELEASE/SAE_ID`: no train_config, so pass
     `model` and `data`). With `saebench`, the SAEBench core result is written there atomically
     (`saes.saebench`; by convention `saebench_core.json` beside the metrics JSON)."""
     from lm.model import load_model, model_hash
     from saes.access import load_sae, sae_path
+    from saes.chat_eval import chat_conversations, evaluate_chats, quality_bar
     from saes.config import TrainConfig
     from saes.data import split_rows
 
@@ -214,6 +225,7 @@ def evaluate_dir(sae_dir: str | Path, model=None, data: str | None = None, token
     tcfg = TrainConfig.from_dict({k: v for k, v in trained.items() if k in TrainConfig.__dataclass_fields__})
     given = model_hash(model) if model is not None else None  # what was passed, when nothing names it
     tcfg.model = trained.get("model") or meta.model_name or given or tcfg.model
+    as_trained = replace(tcfg)  # the split training used, before any override
     tcfg.data = data or tcfg.data
     tcfg.context_size = context_size or trained.get("context_size") or meta.context_size or tcfg.context_size
     tcfg.eval_tokens = tokens or tcfg.eval_tokens
@@ -228,4 +240,16 @@ def evaluate_dir(sae_dir: str | Path, model=None, data: str | None = None, token
 
         write_core_metrics(saebench, metrics, sae)
         metrics.pop("feature_rows")
+    if chats is not None and chats.n_chats > 0:
+        try:
+            seqs, source = chat_conversations(as_trained if trained else None, tcfg.data, model.tokenizer,
+                                              chats.n_chats, chats_from)
+        except ValueError as e:  # no held-out chat, or a train_config whose split does not fit its data
+            if chats_from:
+                raise
+            seqs, source = [], f"no chats evaluated: {e}"
+        metrics["chats"] = ({**evaluate_chats(sae, model, seqs, hook, chats.massive_factor, chats.batch_size,
+                                              progress), "source": source} if seqs else {"skipped": source})
+        metrics["quality_bar"] = quality_bar(metrics)
     return metrics, model
+

@@ -28,6 +28,7 @@ from lm.tracking import finish_run, start_run, wandb_module
 from saes import ddp
 from saes.config import TrainConfig, config_diff
 from saes.data import ShardedBatches, harvest_shards, norm_stats, split_rows
+from saes.chat_eval import ChatEvalConfig, chat_conversations, evaluate_chats, quality_bar
 from saes.eval import evaluate_sae, plot_density
 from saes.access import load_sae
 from saes.io import holds_sae, save_sae
@@ -236,7 +237,9 @@ def _log_final(wandb, run_id: str, name: str, metrics: dict) -> None:
 
 def train_sae(cfg: TrainConfig, out: str | Path, *, resume: bool | str | Path = False, overwrite: bool = False,
               log_to_wandb: bool = True, evaluate: bool = True, model=None, progress: bool = True) -> dict[str, Path]:
-    """Train, save (SAELens format + train_config.json + metrics.json + density.png) and evaluate.
+    """Train, save (SAELens format + train_config.json + metrics.json + density.png) and evaluate: on
+    the held-out rows, on up to 64 held-out chats from position 0 (`metrics["chats"]`) and against
+    the quality bar (`metrics["quality_bar"]`).
 
     Returns {sae name: directory}; one SAE goes to `out` itself, several to `out/<hook>-<width>`.
     Under torchrun every rank calls this; rank 0 writes and returns the paths, the others {}.
@@ -274,18 +277,12 @@ def train_sae(cfg: TrainConfig, out: str | Path, *, resume: bool | str | Path = 
     if rank != 0:
         return {}
     paths = {}
+    chats = _heldout_chats(cfg, model.tokenizer) if evaluate else None
     for name, sae in saes.items():
         hook, dest = specs[name][0], out if len(saes) == 1 else out / name
         save_sae(sae, dest, sparsity[name], {"train_config.json": {
             **cfg.to_dict(), "sae_name": name, "hook": hook, "model_source": model_hash(model), "world_size": world}})
-        metrics = {"training": {"steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size, "seconds": seconds,
-                                "world_size": world, "l0_last_window": sae.cfg.metadata.l0,
-                                "dead_latents_last_window": sae.cfg.metadata.num_dead_features}}
-        if evaluate:
-            ev = evaluate_sae(load_sae(dest, device), model, eval_rows, hook, progress=progress)
-            plot_density(ev, dest / "density.png", title=name)
-            ev.pop("feature_density")
-            metrics = {**ev, **metrics}
+        metrics = _final_metrics(cfg, sae, name, hook, dest, model, eval_rows, chats, world, seconds, device, progress)
         write_json(dest / "metrics.json", metrics)
         paths[name] = dest
         if wandb is not None:
@@ -294,6 +291,37 @@ def train_sae(cfg: TrainConfig, out: str | Path, *, resume: bool | str | Path = 
         finish_run()
     shutil.rmtree(work, ignore_errors=True)
     return paths
+
+
+def _final_metrics(cfg: TrainConfig, sae, name: str, hook: str, dest: Path, model, eval_rows, chats,
+                   world: int, seconds: float, device: str, progress: bool) -> dict:
+    """The metrics.json of one saved SAE: its training section and, when `chats` (from `_heldout_chats`)
+    is given, the evaluation of the copy saved at `dest` on the held-out rows (drawing its density.png),
+    on the chats, and against the quality bar."""
+    metrics = {"training": {"steps": cfg.steps, "tokens": cfg.steps * cfg.batch_size, "seconds": seconds,
+                            "world_size": world, "l0_last_window": sae.cfg.metadata.l0,
+                            "dead_latents_last_window": sae.cfg.metadata.num_dead_features}}
+    if chats is None:
+        return metrics
+    saved = load_sae(dest, device)
+    ev = evaluate_sae(saved, model, eval_rows, hook, progress=progress)
+    plot_density(ev, dest / "density.png", title=name)
+    ev.pop("feature_density")
+    metrics = {**ev, **metrics}
+    seqs, source = chats
+    metrics["chats"] = ({**evaluate_chats(saved, model, seqs, hook, progress=progress), "source": source}
+                        if seqs else {"skipped": source})
+    metrics["quality_bar"] = quality_bar(metrics)
+    return metrics
+
+
+def _heldout_chats(cfg: TrainConfig, tokenizer) -> tuple[list, str]:
+    """(held-out whole chats, where from) for the final evaluation; ([], why) when there are none
+    (the run's SAEs are saved either way)."""
+    try:
+        return chat_conversations(cfg, cfg.data, tokenizer, ChatEvalConfig.n_chats)
+    except ValueError as e:
+        return [], f"no chats evaluated: {e}"
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, float]:

@@ -1,11 +1,12 @@
 """Generation speed under steering, relative to unsteered, and the steering-vectors library as a peer.
 
-Ours: `lm.generate.generate` unsteered, with a raw `Add` and with an SAE `Clamp` (read one feature,
-add back the change to its target) at the SAE's hook. Theirs: the same raw vector through
+Ours: `lm.generate.generate` unsteered, with a raw `Add`, with an SAE `Clamp` (read one feature,
+add back the change to its target) at the SAE's hook, and with each shipped feature-steering recipe
+(`steering/recipes/*.json`: Arad-style amplification in one or more late-layer SAEs). Theirs: the same raw vector through
 `steering_vectors.SteeringVector(...).apply(hf_model)` around a bare HF `generate`, divided by the
 same bare HF `generate` unsteered. Same prompts, fixed number of new tokens, sampling with a fixed
-seed; the five sides alternate within each repeat so machine noise hits all of them, and the best
-of the repeats counts. It also times the clamp's per-step feature read, the lean TopK read
+seed; the sides alternate within each repeat so machine noise hits all of them; the best of the
+repeats counts, and each ratio's median and range over the paired repeats give its spread. It also times the clamp's per-step feature read, the lean TopK read
 (`saes.access.feature_reader`) against a full `sae.encode`. Speed does not depend on SAE weights,
 so when no trained SAE exists a randomly initialised TopK SAE of the default shape is used (flagged
 in the output). Last stdout line: one JSON object; "ratio" is the worse of our two ratios.
@@ -23,6 +24,7 @@ from lm.chat import render
 from lm.generate import GenerationConfig, generate
 from lm.model import EMBEDDED, load_bare_hf, load_model
 from steering import Add, Clamp
+from steering.recipe import load_recipe, recipe_names
 from features import load_concept_latents
 from saes.access import DEFAULT_SAE, feature_reader, load_sae, sae_hook
 
@@ -64,12 +66,10 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
     torch.set_grad_enabled(False)
 
-    model = load_model(args.model)
-    bare = load_bare_hf(args.model, model)
+    model, bare = (m := load_model(args.model)), load_bare_hf(args.model, m)
     trained = Path(args.sae, "cfg.json").is_file()
     if trained:
         sae = load_sae(args.sae)
@@ -84,17 +84,15 @@ def main(argv=None):
         sae = random_sae(model.cfg.d_model, hook, args.d_sae, args.k)
         feature, value = 0, 10.0
     layer = int(hook.split(".")[1])
-    g = torch.Generator().manual_seed(0)
-    vector = torch.randn(model.cfg.d_model, generator=g)
+    vector = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
     vector = vector / vector.norm() * 8.0
     add, clamp = Add(hook, vector), Clamp(sae, {feature: value})
 
     try:
         from steering_vectors import SteeringVector
     except ImportError:
-        raise SystemExit("The peer needs steering-vectors; it pins transformers<5 but works with 5.x, so install "
-                         "it without dependencies: pip install --no-deps steering-vectors==0.12.2") from None
-
+        raise SystemExit("The peer needs steering-vectors (it pins transformers<5 but works with 5.x): "
+                         "pip install --no-deps steering-vectors==0.12.2") from None
     peer = SteeringVector({layer: vector}, "decoder_block")
     tok, n, bs = model.tokenizer, args.new_tokens, args.batch_size
     prompts = [f"Tell me one surprising fact about topic number {i}." for i in range(bs)]
@@ -116,11 +114,11 @@ def main(argv=None):
         with peer.apply(bare):
             hf_generate(k)
 
-    sides = {"ours_unsteered": ours([]), "ours_add": ours(add_hooks), "ours_clamp": ours(clamp_hooks),
+    recipes = {f"ours_recipe_{r}": ours(load_recipe(r).hooks(model)) for r in recipe_names()}
+    sides = {"ours_unsteered": ours([]), "ours_add": ours(add_hooks), "ours_clamp": ours(clamp_hooks), **recipes,
              "theirs_unsteered": hf_generate, "theirs_add": theirs_add}
     times = {k: [] for k in sides}
-    for fn in sides.values():  # short warm-up (fast path build, allocator)
-        fn(2)
+    [fn(2) for fn in sides.values()]  # short warm-up (fast path build, allocator)
     for _ in range(args.repeats):
         for name, fn in sides.items():
             t = time.perf_counter()
@@ -138,6 +136,12 @@ def main(argv=None):
         "repeats": args.repeats, "threads": torch.get_num_threads(), "device": str(bare.device),
         **read_us,
     })
+    for name in recipes:
+        paired = sorted(u / t for u, t in zip(times["ours_unsteered"], times[name]))
+        result[f"{name}_ratio"] = round(tps[name] / tps["ours_unsteered"], 3)
+        result[f"{name}_ratio_spread"] = {"median": round(paired[len(paired) // 2], 3),
+                                          "min": round(paired[0], 3), "max": round(paired[-1], 3)}
+    result["recipe_ratio"] = min((result[f"{n}_ratio"] for n in recipes), default=None)
     result["ratio"] = min(result["ours_add_ratio"], result["ours_clamp_ratio"])
     print(json.dumps(result))
 

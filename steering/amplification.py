@@ -1,15 +1,19 @@
 """The amplification experiments (Templeton et al. 2024) as one call each, for scripts and notebooks.
 
-- "golden_gate": clamp the Golden Gate Bridge latent to 10x its max activation on every token and
-  ask "What is your physical form?" plus unrelated questions;
-- "sycophancy": clamp the sycophantic-praise latent to 5x while an overconfident user states a
-  dubious claim.
+- "golden_gate": unrelated questions (and "What is your physical form?"), the Golden Gate Bridge concept;
+- "sycophancy": an overconfident user states a dubious claim, the sycophantic-praise concept.
 
-`run_amplification(model, "golden_gate", out_dir=...)` sweeps the clamp strength next to the raw
-difference-of-means direction at matched norm and a random direction of that norm, writes the
-comparison files (`steering.compare.run_comparison`: results.json, dose_response.png, summary.md
-with side-by-side answers) and returns the headline numbers at the paper's strength, checked
-against the targets below (measured, never assumed). Notebooks call it with small settings.
+`run_amplification(model, "golden_gate", out_dir=...)` compares, on the same prompts and seeds, the
+way AxBench does (`steering.compare.run_comparison`: results.json, dose_response.png, summary.md):
+- `recipe`: the shipped feature-steering recipe (`steering/recipes/<name>.json`, SAE features only);
+- `paper_clamp_<k>x`: the paper's literal setting, the best *input* latent of the default SAE
+  (concepts.json: highest AUROC) clamped to k x its max activation on every token (10x / 5x), plus
+  any other strengths asked for (a dose-response curve);
+- `raw_add`: the raw difference-of-means direction (read at the concept's keyword tokens) added at
+  the recipe's layers with the recipe's norm per layer (its strength at the median a_max);
+- `system_prompt`: prompting, AxBench's upper reference ("You are obsessed with the Golden Gate Bridge").
+Scores are `steering.metrics.scores` against the unsteered answers; the recipe is checked against
+the targets of `steering.tuning` and against the raw direction.
 """
 
 from __future__ import annotations
@@ -17,35 +21,47 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from features import concept_latent, load_concept
+from features import concept_latent
+from features.latents import sae_norms
 from lm.generate import GenerationConfig
 from lm.io import write_json
-from saes.access import DEFAULT_SAE
+from saes.access import DEFAULT_SAE, sae_hook, load_sae
 from steering.compare import run_comparison
-from steering.experiment import FAMILIES, ConceptEvalConfig, sweep_conditions
+from steering.directions import keyword_direction, with_norm
+from steering.experiment import ConceptEvalConfig, Condition
+from steering.intervention import Steering
 from steering.metrics import load_data
+from steering.recipe import leaves, load_recipe, recipe_path
+from steering.sae_edits import Clamp
+from steering.tuning import TARGETS
+from steering.vectors import Add
 
 EXPERIMENTS = {
-    "golden_gate": {"concept": "golden_gate_bridge", "prompts": "unrelated_questions", "strength": 10.0,
-                    "title": "Golden Gate Bridge latent clamped"},
-    "sycophancy": {"concept": "sycophantic_praise", "prompts": "dubious_claims", "strength": 5.0,
-                   "title": "Sycophantic-praise latent clamped"},
+    "golden_gate": {"concept": "golden_gate_bridge", "recipe": "golden_gate", "dev": "unrelated_questions",
+                    "test": "unrelated_questions_test", "strength": 10.0, "lead": ["What is your physical form?"],
+                    "system": "You are obsessed with the Golden Gate Bridge.",
+                    "title": "Golden Gate Bridge: feature-steering recipe vs the paper's 10x clamp"},
+    "sycophancy": {"concept": "sycophantic_praise", "recipe": "sycophancy", "dev": "dubious_claims",
+                   "test": "dubious_claims_test", "strength": 5.0, "lead": [],
+                   "system": "You are a sycophant: you shower the user with lavish praise and always agree.",
+                   "title": "Sycophantic praise: feature-steering recipe vs the paper's 5x clamp"},
 }
-TARGETS = {"concept_rate_min": 0.8, "baseline_concept_rate_max": 0.05, "ppl_ratio_max": 2.0}
-STRENGTHS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
+FAMILIES = ("recipe", "paper_clamp", "raw_add", "prompting")
 
 
 @dataclass
 class AmplificationConfig:
-    sae: str = str(DEFAULT_SAE)
-    latent: int | None = None  # default: <sae>/concepts.json
+    recipe: str | None = None  # a recipe name or file (default: the experiment's shipped recipe)
+    sae: str = str(DEFAULT_SAE)  # the literal clamp's SAE; its concepts.json names the input latent
+    latent: int | None = None
     max_activation: float | None = None
-    strengths: list[float] = field(default_factory=lambda: list(STRENGTHS))
+    strengths: list[float] = field(default_factory=list)  # extra literal-clamp strengths (the paper's is always run)
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
-    n_prompts: int | None = None  # first N prompts (None: all)
+    split: str = "test"  # prompts: "test" (held out from tuning) or "dev"
+    n_prompts: int | None = None  # first N of the split (None: all), after the lead prompts
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(
-        max_new_tokens=64, temperature=0.0, repetition_penalty=1.1))
-    neutral_texts: int = 8
+        max_new_tokens=48, temperature=0.0, repetition_penalty=1.1))
+    neutral_texts: int = 4
     neutral_max_tokens: int = 96
     seed: int = 0
     wandb: str = "disabled"  # "offline" to also log one W&B run per condition
@@ -54,38 +70,77 @@ class AmplificationConfig:
         return {**asdict(self), "generation": self.generation.to_dict()}
 
 
-def headline(record: dict, strength: float) -> dict:
-    """Each family at the paper's strength against the baseline, and the targets for the clamp."""
-    by = {(r["condition"]["family"], r["condition"]["strength"]): r["metrics"] for r in record["results"]}
-    base = by[("baseline", 0.0)]
-    out = {"strength": strength, "baseline": {k: base[k] for k in ("concept_rate", "ppl", "description_logprob")}}
-    for fam in FAMILIES:
-        m = by.get((fam, strength))
-        if m is not None:
-            out[fam] = {"concept_rate": m["concept_rate"], "ppl": m["ppl"], "ppl_ratio": m["ppl"] / base["ppl"],
-                        "description_logprob": m["description_logprob"], "kl_neutral": m["kl_neutral"]}
-    clamp = out.get("sae_clamp")
-    if clamp is not None:
-        out["targets"] = {**TARGETS, "met": {
-            "concept_rate": clamp["concept_rate"] >= TARGETS["concept_rate_min"],
-            "baseline_concept_rate": base["concept_rate"] <= TARGETS["baseline_concept_rate_max"],
-            "ppl_ratio": clamp["ppl_ratio"] <= TARGETS["ppl_ratio_max"]}}
-    out["collapse_strength"] = record["summary"]
-    out["best_fluent"] = best_fluent(record["results"], base["ppl"])
-    return out
+def prompts_for(spec: dict, split: str, n: int | None) -> list[str]:
+    if split not in ("dev", "test"):
+        raise ValueError(f"split must be 'dev' or 'test', got {split!r}.")
+    rest = [p for p in load_data(spec[split]) if p not in spec["lead"]][:n]
+    return list(spec["lead"]) + rest
 
 
-def best_fluent(results: list[dict], base_ppl: float, factor: float = TARGETS["ppl_ratio_max"]) -> dict:
-    """Per family, the strength with the highest concept rate among those whose answers stay within
-    `factor` x the baseline perplexity (None when no strength > 0 does)."""
-    out = {}
-    for fam in FAMILIES:
-        ok = [r for r in results if r["condition"]["family"] == fam and r["condition"]["strength"] > 0
-              and r["metrics"]["ppl"] <= factor * base_ppl]
-        best = max(ok, key=lambda r: (r["metrics"]["concept_rate"], -r["condition"]["strength"]), default=None)
-        out[fam] = None if best is None else {"strength": best["condition"]["strength"],
-                                              "concept_rate": best["metrics"]["concept_rate"],
-                                              "ppl_ratio": best["metrics"]["ppl"] / base_ppl}
+def raw_matched(model, recipe, concept: str) -> Steering:
+    """The raw keyword direction at each of the recipe's hooks, with that leaf's norm (its strength in
+    median-residual-norm units times the layer's median norm)."""
+    adds = []
+    for leaf in leaves(recipe):
+        sae = load_sae(leaf.sae)
+        hook = sae_hook(sae)
+        med = sae_norms(leaf.sae)["residual_norm_median"]
+        frac = sum(u["x_median_norm"] or 0.0 for u in leaf.units().values())
+        adds.append(Add(hook, with_norm(keyword_direction(model, hook, concept), frac * med)))
+    return Steering(adds)
+
+
+def conditions(model, experiment: str, cfg: AmplificationConfig) -> list[Condition]:
+    spec = EXPERIMENTS[experiment]
+    bad = [f for f in cfg.families if f not in FAMILIES]
+    if bad:
+        raise ValueError(f"Unknown families {bad}; choose from {FAMILIES}.")
+    conds = [Condition("baseline")]
+    recipe = None
+    if "recipe" in cfg.families or "raw_add" in cfg.families:
+        recipe = load_recipe(cfg.recipe or spec["recipe"])
+    if "recipe" in cfg.families:
+        units = {f"{Path(str(x.sae)).name}/{f}": u for x in leaves(recipe) for f, u in x.units().items()}
+        strength = float(next(iter(leaves(recipe)[0].features.values())))  # the first leaf's, for plots
+        conds.append(Condition("recipe", recipe, "recipe", strength, units=units))
+    if "paper_clamp" in cfg.families:
+        latent, max_act = concept_latent(cfg.sae, spec["concept"], cfg.latent, cfg.max_activation)
+        for k in sorted(set(cfg.strengths) | {spec["strength"]}):
+            clamp = Clamp(cfg.sae, {latent: float(k)}, relative=True, max_activations={latent: max_act})
+            conds.append(Condition(f"paper_clamp_{k:g}x", clamp, "paper_clamp", float(k),
+                                   units={f"{Path(cfg.sae).name}/{latent}": clamp.units()[latent]}))
+    if "raw_add" in cfg.families:
+        conds.append(Condition("raw_add", raw_matched(model, recipe, spec["concept"]), "raw_add", 1.0))
+    if "prompting" in cfg.families:
+        conds.append(Condition("system_prompt", None, "prompting", 0.0, system=spec["system"]))
+    return conds
+
+
+def headline(record: dict, experiment: str) -> dict:
+    """Per condition the scores and ratios; for the recipe the targets and its margin over raw_add."""
+    spec = EXPERIMENTS[experiment]
+    by = {r["condition"]["name"]: r for r in record["results"]}
+    base = by["baseline"]["metrics"]
+    out = {"experiment": experiment, "strength": spec["strength"], "n_prompts": base["n_answers"],
+           "baseline": {k: base[k] for k in ("concept_rate", "fluency_ppl", "distinct2", "looping_rate", "relevance")}}
+    for name, r in by.items():
+        if name == "baseline":
+            continue
+        m = r["metrics"]
+        out[name] = {**r["scores"], "concept_rate": m["concept_rate"],
+                     "fluency_ppl_ratio": m["fluency_ppl"] / base["fluency_ppl"],
+                     "distinct2_ratio": m["distinct2"] / base["distinct2"] if base["distinct2"] else float("nan"),
+                     "looping_rate": m["looping_rate"],
+                     "units": r["condition"].get("units")}
+    rec = out.get("recipe")
+    if rec is not None:
+        rec["targets"] = {**TARGETS, "met": {
+            "concept_rate": rec["concept_rate"] >= TARGETS["concept_rate_min"],
+            "fluency_ppl_ratio": rec["fluency_ppl_ratio"] <= TARGETS["fluency_ppl_ratio_max"],
+            "distinct2_ratio": rec["distinct2_ratio"] >= TARGETS["distinct2_ratio_min"],
+            "looping_rate": rec["looping_rate"] <= TARGETS["looping_rate_max"]}}
+        if "raw_add" in out:
+            rec["harmonic_minus_raw"] = rec["harmonic"] - out["raw_add"]["harmonic"]
     return out
 
 
@@ -95,21 +150,21 @@ def run_amplification(model, experiment: str, out_dir: str | Path, cfg: Amplific
     if experiment not in EXPERIMENTS:
         raise ValueError(f"Unknown experiment {experiment!r}; choose from {sorted(EXPERIMENTS)}.")
     cfg = cfg or AmplificationConfig()
-    if not Path(cfg.sae, "cfg.json").is_file():
+    if "paper_clamp" in cfg.families and not Path(cfg.sae, "cfg.json").is_file():
         raise FileNotFoundError(f"No trained SAE at {cfg.sae} (cfg.json missing). Train the default SAE first "
                                 "(saes/), or pass the directory of a SAELens SAE.")
     spec = EXPERIMENTS[experiment]
-    latent, max_act = concept_latent(cfg.sae, spec["concept"], cfg.latent, cfg.max_activation)
-    prompts = load_data(spec["prompts"])[:cfg.n_prompts]
-    strengths = sorted(set(cfg.strengths) | {spec["strength"]})
-    conds = sweep_conditions(model, cfg.sae, latent, max_act, strengths, load_concept(spec["concept"]),
-                             cfg.families, cfg.seed)
-    ev = ConceptEvalConfig(spec["concept"], prompts, cfg.generation, cfg.neutral_texts, cfg.neutral_max_tokens)
-    tag = f"{spec['strength']:g}x"
+    conds = conditions(model, experiment, cfg)
+    ev = ConceptEvalConfig(spec["concept"], prompts_for(spec, cfg.split, cfg.n_prompts), cfg.generation,
+                           cfg.neutral_texts, cfg.neutral_max_tokens)
+    shown = [c.name for c in conds if c.family in ("baseline", "recipe", "raw_add", "prompting")
+             or c.name == f"paper_clamp_{spec['strength']:g}x"]
     record = run_comparison(model, conds, ev, out_dir, mode=cfg.wandb, title=spec["title"],
-                            group=f"clamp-{experiment}", side_by_side_names=["baseline"] + [f"{f}_{tag}" for f in cfg.families],
-                            extra={"experiment": experiment, "amplification": cfg.to_dict(), "latent": latent,
-                                   "max_activation": max_act}, progress=progress)
-    head = {"experiment": experiment, "latent": latent, "max_activation": max_act, **headline(record, spec["strength"])}
+                            group=f"clamp-{experiment}", side_by_side_names=shown,
+                            extra={"experiment": experiment, "amplification": cfg.to_dict(),
+                                   "recipe": str(recipe_path(cfg.recipe or spec["recipe"]))
+                                   if "recipe" in cfg.families or "raw_add" in cfg.families else None},
+                            progress=progress)
+    head = headline(record, experiment)
     write_json(Path(out_dir) / "headline.json", head)
     return head

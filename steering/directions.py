@@ -51,3 +51,17 @@ def random_direction(d: int, seed: int = 0) -> Float[torch.Tensor, " d"]:
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(d, generator=g)
     return v / v.norm()
+
+
+def keyword_direction(model, hook: str, concept) -> Float[torch.Tensor, " d"]:
+    """The concept search's raw direction at `hook`: mean residual over the positive texts' keyword
+    tokens (" Golden", " Gate", " Bridge", ...) minus the mean over the negative texts' tokens, texts
+    read as assistant replies (`features.concept_search`). Read at the keywords it carries the concept
+    itself rather than the texts' topic and style; the raw baseline feature steering must beat."""
+    from features.concept_search import SearchConfig, concept_direction, read_texts
+    from features.concept_sets import Concept
+
+    c = concept if isinstance(concept, Concept) else Concept.load(concept)
+    cfg = SearchConfig()
+    pos, neg = (read_texts(model, hook, texts, cfg, c.keywords) for texts in (c.positive, c.negative))
+    return concept_direction(pos, neg, "keywords")

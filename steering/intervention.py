@@ -88,7 +88,33 @@ def from_dict(d: dict) -> Intervention:
 
 
 def load(path: str | Path) -> Intervention:
-    return from_dict(read_json(path))
+    """The intervention saved at `path`. An SAE named by a relative path that exists beside the file
+    (shipped recipes write `../../saes/...`) is read from there, so recipes load from any directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No intervention file {path}; give the path of a JSON file written by .save() "
+                                "(shipped recipes: steering/recipes/*.json).")
+    try:
+        record = read_json(path)
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}).") from None
+    try:
+        return from_dict(_resolve_saes(record, path.parent))
+    except (TypeError, KeyError) as e:
+        raise ValueError(f"{path} does not match the intervention schema ({e}); write it with "
+                         "Intervention.save() or follow steering/recipes/README.md.") from None
+
+
+def _resolve_saes(record, root: Path):
+    if isinstance(record, list):
+        return [_resolve_saes(r, root) for r in record]
+    if not isinstance(record, dict):
+        return record
+    out = {k: _resolve_saes(v, root) for k, v in record.items()}
+    sae = out.get("sae")
+    if isinstance(sae, str) and ":" not in sae and not Path(sae).is_absolute() and (root / sae).exists():
+        out["sae"] = str((root / sae).resolve())
+    return out
 
 
 def check_finite(value, what: str) -> float:

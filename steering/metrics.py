@@ -1,12 +1,35 @@
-"""Judge-free steering metrics: does the concept show up, and is the text still fluent?
+"""Judge-free steering metrics: does the concept show up, and is the text still fluent and on topic?
 
 - concept rate: fraction of answers matching the concept's documented keyword regexes
   (`features/concepts/<name>.json`, "keywords"; case-insensitive), as in ActAdd's hit rates;
 - description log-prob: mean per-token log-probability of the concept's "description" written
   as the assistant's reply, under the steered model (rises as the concept takes over);
-- answer perplexity: perplexity of each answer under the *unsteered* model (fluency);
+- answer perplexity (`ppl`): perplexity of each answer given its question under the *unsteered* model;
+- fluency perplexity (`fluency_ppl`): perplexity of each answer's tokens read on their own (one sink
+  token, then the answer) under the unsteered model. Conditioned on the question it would punish the
+  very topic shift steering is meant to cause; on its own it asks only "is this fluent text?";
+- distinct-2: the share of an answer's token bigrams that are unique, averaged over answers. Repetition
+  ("rodrodrod...") has *low* perplexity, so perplexity alone rewards collapse; distinct-2 catches it;
+- looping rate: the share of answers that loop, fewer than 70% of their token bigrams unique ("San
+  Francisco Bay San Francisco Bay ..." after a normal start). A mean distinct-2 still near the
+  unsteered one can hide a third of the answers collapsing into a loop; the looping rate cannot;
+- instruction relevance: per answer, mean per-token log p(answer | its question) minus the same under
+  another question of the set (question i+1 mod n), unsteered model. An answer that ignores its
+  question scores ~0; an on-topic answer that also mentions the concept stays positive;
 - neutral KL: KL(steered || unsteered) of next-token distributions on held-out neutral text
   (`lm.prompts.load_prompt_set("neutral_text")`), averaged over tokens: how much else the steering moves.
+
+`scores(metrics, baseline)` is the headline, after AxBench (Wu et al. 2025), which has a judge rate
+concept, instruction relevance and fluency 0-2 each and takes their harmonic mean. Ours are
+judge-free, each in [0, 1] and relative to the unsteered answers:
+    concept   = concept rate
+    fluency   = min(1, base fluency_ppl / fluency_ppl, distinct2 / base distinct2,
+                    (1 - looping_rate) / (1 - base looping_rate))
+    relevance = clip(relevance / base relevance, 0, 1)
+    harmonic  = 3 / (1/concept + 1/fluency + 1/relevance), 0 if any is 0
+A component whose reference is undefined (one prompt: no other question; unsteered relevance <= 0;
+every unsteered answer empty) is NaN, and so is the harmonic mean unless another component is 0.
+All answers empty scores fluency 0.
 
 Model-based metrics run the HF fast path with the intervention's hooks (`lm.generate.hooked_runner`).
 A plain forward has no generated tokens, so interventions restricted to positions="generated" do
@@ -24,7 +47,7 @@ import torch
 from jaxtyping import Float
 
 from lm.batch import pad
-from lm.chat import render
+from lm.chat import as_conversation, render
 from lm.generate import tracking, hooked_runner
 from lm.prompts import load_prompt_set, read_prompt_set
 
@@ -35,8 +58,9 @@ DESCRIPTION_PROMPT = "Tell me about something."
 
 
 def load_data(name: str) -> list[str]:
-    """A steering prompt set from steering/data/ (`unrelated_questions`, `dubious_claims`); the
-    shared neutral text is `lm.prompts.load_prompt_set("neutral_text")`."""
+    """A steering prompt set from steering/data/: `unrelated_questions`, `dubious_claims` (dev: tuned on)
+    and `<name>_test` (held out; steering/data/README.md). The shared neutral text is
+    `lm.prompts.load_prompt_set("neutral_text")`."""
     return read_prompt_set(DATA_DIR, name)
 
 
@@ -94,31 +118,144 @@ def scored_nll(model, seqs: list[tuple[torch.Tensor, torch.Tensor]], hooks=(), b
     return out
 
 
-def description_logprob(model, concept: dict | str, hooks=(), prompt: str = DESCRIPTION_PROMPT) -> float:
-    """Mean per-token log-prob of the concept description as the assistant's reply to `prompt`."""
+def description_logprob(model, concept: dict | str, hooks=(), prompt: str = DESCRIPTION_PROMPT,
+                        system: str | None = None) -> float:
+    """Mean per-token log-prob of the concept description as the assistant's reply to `prompt`
+    (after `system`, when the steering is a system prompt)."""
     concept = load_concept(concept) if isinstance(concept, (str, Path)) else concept
-    conv = [{"role": "user", "content": prompt}, {"role": "assistant", "content": concept["description"]}]
+    conv = as_conversation(prompt, system) + [{"role": "assistant", "content": concept["description"]}]
     r = render(model.tokenizer, conv)
     (nll, n), = scored_nll(model, [(r.ids, r.response_mask)], hooks, as_generated=True)
     return -nll / n
 
 
-def answer_perplexity(model, generations, batch_size: int = 8) -> dict:
-    """Perplexity of each generated answer (its exact tokens) under the model as it is now: call it
-    with no hooks active to judge fluency by the unsteered model. Empty answers are counted, not scored."""
-    seqs = []
-    for g in generations:
-        ids = torch.cat([g.prompt_ids, g.ids.to(g.prompt_ids.dtype)])
-        mask = torch.zeros(len(ids), dtype=torch.bool)
-        mask[len(g.prompt_ids):] = True
-        seqs.append((ids, mask))
-    scored = scored_nll(model, seqs, batch_size=batch_size)
+def _perplexities(scored: list[tuple[float, int]]) -> dict:
     per = [math.exp(nll / n) if n else None for nll, n in scored]
     total_nll, total_n = sum(s[0] for s in scored), sum(s[1] for s in scored)
     kept = [p for p in per if p is not None]
     return {"ppl": math.exp(total_nll / total_n) if total_n else float("nan"),  # token-weighted
             "ppl_mean": sum(kept) / len(kept) if kept else float("nan"),
             "ppl_per_answer": per, "n_empty": len(per) - len(kept)}
+
+
+def _answer_seq(prompt_ids: torch.Tensor, answer_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt + answer ids, mask of the answer tokens)."""
+    ids = torch.cat([prompt_ids, answer_ids.to(prompt_ids.dtype)])
+    mask = torch.zeros(len(ids), dtype=torch.bool)
+    mask[len(prompt_ids):] = True
+    return ids, mask
+
+
+def answer_perplexity(model, generations, batch_size: int = 8) -> dict:
+    """Perplexity of each generated answer (its exact tokens) under the model as it is now: call it
+    with no hooks active to judge fluency by the unsteered model. Empty answers are counted, not scored."""
+    seqs = [_answer_seq(g.prompt_ids, g.ids) for g in generations]
+    return _perplexities(scored_nll(model, seqs, batch_size=batch_size))
+
+
+def fluency_perplexity(model, generations, batch_size: int = 8) -> dict:
+    """Perplexity of each answer's own tokens read on their own: one sink token (eos, else bos), then
+    the answer, only the answer scored. Call it with no hooks active (the unsteered model judges).
+    Same keys as `answer_perplexity`; empty answers are counted in `n_empty`, not scored."""
+    tok = model.tokenizer
+    sink = tok.eos_token_id if tok.eos_token_id is not None else tok.bos_token_id
+    if sink is None:
+        raise ValueError("fluency_perplexity needs a tokenizer with an eos or bos token to start answers from.")
+    seqs = [_answer_seq(torch.tensor([sink]), g.ids) for g in generations]
+    return _perplexities(scored_nll(model, seqs, batch_size=batch_size))
+
+
+def distinct_n(token_lists: list[list[int]], n: int = 2) -> float:
+    """Mean over answers of (unique n-grams / n-grams) of their token ids. Answers with fewer than n
+    tokens have no n-gram and are skipped (all skipped: 0.0). Varied text scores near 1; a loop such
+    as "rodrodrod..." (one bigram over and over) scores about 1 / its length, near 0."""
+    if n < 1:
+        raise ValueError(f"distinct_n needs n >= 1, got {n}.")
+    rates = []
+    for toks in token_lists:
+        toks = list(toks)
+        grams = [tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)]
+        if grams:
+            rates.append(len(set(grams)) / len(grams))
+    return sum(rates) / len(rates) if rates else 0.0
+
+
+LOOP_DISTINCT2 = 0.7  # an answer with fewer unique token bigrams than this share loops
+
+
+def looping_rate(token_lists: list[list[int]], threshold: float = LOOP_DISTINCT2) -> float:
+    """Share of answers (with at least 2 tokens) whose distinct-2 is below `threshold`: loops."""
+    rates = [distinct_n([t], 2) for t in token_lists if len(t) >= 2]
+    return sum(r < threshold for r in rates) / len(rates) if rates else 0.0
+
+
+def _last_user(conv) -> int:
+    users = [i for i, m in enumerate(conv) if m["role"] == "user"]
+    if not users:
+        raise ValueError("relevance needs generations whose conversation has a user message (the question).")
+    return users[-1]
+
+
+def _with_question(conv, question: str):
+    """`conv` with the content of its last user message (the question) replaced by `question`."""
+    conv = [dict(m) for m in conv]
+    conv[_last_user(conv)]["content"] = question
+    return conv
+
+
+def relevance(model, generations, batch_size: int = 8) -> dict:
+    """Judge-free instruction relevance: per answer, mean per-token log p(answer | its own question)
+    minus mean per-token log p(answer | question i+1 mod n), under the model as it is (call it
+    unhooked: the unsteered model). ~0: the answer ignores its question. Empty answers are None;
+    with fewer than two generations there is no other question and everything is undefined (NaN/None)."""
+    n = len(generations)
+    if n < 2:
+        return {"relevance": float("nan"), "relevance_per_answer": [None] * n}
+    tok, seqs = model.tokenizer, []
+    for i, g in enumerate(generations):
+        other = generations[(i + 1) % n].conversation
+        question = other[_last_user(other)]["content"]
+        for conv in (g.conversation, _with_question(g.conversation, question)):
+            seqs.append(_answer_seq(render(tok, conv, add_generation_prompt=True).ids, g.ids))
+    scored = scored_nll(model, seqs, batch_size=batch_size)
+    per = []
+    for (own, k), (mis, _) in zip(scored[0::2], scored[1::2]):
+        per.append((mis - own) / k if k else None)  # mean log p(own) - mean log p(mismatched)
+    kept = [r for r in per if r is not None]
+    return {"relevance": sum(kept) / len(kept) if kept else float("nan"), "relevance_per_answer": per}
+
+
+def _ratio(num: float, den: float) -> float:
+    """num / den clipped to [0, 1]; NaN when the reference `den` is not a positive number."""
+    if not (math.isfinite(den) and den > 0):
+        return float("nan")
+    if math.isnan(num):
+        return float("nan")
+    return min(1.0, max(0.0, num / den))
+
+
+def scores(metrics: dict, baseline: dict) -> dict:
+    """The AxBench-style headline of one condition's `metrics` against the unsteered `baseline`
+    metrics (see the module docstring): concept, fluency, relevance in [0, 1] and their harmonic mean."""
+    ppl, base_ppl = metrics["fluency_ppl"], baseline["fluency_ppl"]
+    if not (math.isfinite(base_ppl) and base_ppl > 0):
+        ppl_part = float("nan")
+    else:
+        ppl_part = min(1.0, base_ppl / ppl) if math.isfinite(ppl) and ppl > 0 else 0.0  # NaN: every answer empty
+    d2_part = _ratio(metrics["distinct2"], baseline["distinct2"])
+    if "looping_rate" in metrics and "looping_rate" in baseline:
+        d2_part = min(d2_part, _ratio(1 - metrics["looping_rate"], 1 - baseline["looping_rate"]))
+    fluency = float("nan") if math.isnan(ppl_part) or math.isnan(d2_part) else min(ppl_part, d2_part)
+    parts = {"concept": float(metrics["concept_rate"]), "fluency": fluency,
+             "relevance": _ratio(metrics["relevance"], baseline["relevance"])}
+    vals = list(parts.values())
+    if any(v <= 0 for v in vals):  # a zero component makes the harmonic mean 0 whatever the others are
+        harmonic = 0.0
+    elif any(math.isnan(v) for v in vals):
+        harmonic = float("nan")
+    else:
+        harmonic = len(vals) / sum(1 / v for v in vals)
+    return {**parts, "harmonic": harmonic}
 
 
 class NeutralKL:

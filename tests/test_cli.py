@@ -257,14 +257,15 @@ def test_clamp_end_to_end_on_tiny(topk_sae_dir, capsys, tmp_path):
     out = tmp_path / "clamp"
     code, stdout, err = run_cli(capsys, "clamp", "--model", "tiny", "--device", "cpu", "--sae", topk_sae_dir,
                                 "--experiments", "golden_gate", "--gg-latent", 7, "--gg-max-act", 2, "--n-prompts", 1,
-                                "--max-new-tokens", 2, "--strengths", "10", "--families", "sae_clamp",
+                                "--max-new-tokens", 2, "--strengths", "2", "--families", "paper_clamp",
                                 "--neutral-texts", 1, "--neutral-max-tokens", 8, "--no-wandb", "--out", out)
     assert code == 0, err
     head = json.loads(stdout.strip().splitlines()[-1])
     assert set(head) == {"golden_gate"} == set(json.loads((out / "headline.json").read_text()))
     assert head["golden_gate"]["strength"] == 10.0
     names = [r["condition"]["name"] for r in json.loads((out / "golden_gate" / "results.json").read_text())["results"]]
-    assert names == ["baseline", "sae_clamp_10x"]
+    assert names == ["baseline", "paper_clamp_2x", "paper_clamp_10x"]
+    assert head["golden_gate"]["paper_clamp_10x"]["units"]  # strength units recorded
 
 
 def test_eval_end_to_end_with_saebench(topk_sae_dir, capsys, tmp_path):

@@ -11,7 +11,7 @@ def test_demo_small(smollm, tmp_path):
     from scripts.demo import main
 
     path = main(["--out", str(tmp_path), "--chat-tokens", "4", "--harvest-rows", "2", "--context", "32",
-                 "--sae-eval-tokens", "256", "--clamp-prompts", "1", "--clamp-tokens", "4", "--drift-convs", "1",
+                 "--sae-eval-tokens", "256", "--sae-eval-chats", "2", "--clamp-prompts", "1", "--clamp-tokens", "4", "--drift-convs", "1",
                  "--drift-turns", "1", "--drift-tokens", "4", "--cap-personas", "1", "--cap-jailbreaks", "2",
                  "--cap-mc", "2", "--cap-answers", "2"], model=smollm)
     report = json.loads((tmp_path / "report.json").read_text())

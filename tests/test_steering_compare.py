@@ -1,6 +1,7 @@
 """A tiny offline W&B comparison read back from its run files, and the experiment scripts' smoke runs."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -76,16 +77,20 @@ def test_clamp_script_smoke(tiny, topk_sae_dir, tmp_path, capsys):
     out = tmp_path / "clamp"
     head = clamp_main(["--sae", topk_sae_dir, "--experiments", "sycophancy", "--syc-latent", "7", "--syc-max-act",
                        "2", "--n-prompts", "2", "--max-new-tokens", "3", "--strengths", "0,20", "--families",
-                       "sae_clamp", "--neutral-texts", "1", "--neutral-max-tokens", "16", "--out", str(out)], model=tiny)
+                       "paper_clamp,prompting", "--neutral-texts", "1", "--neutral-max-tokens", "16", "--out", str(out)],
+                      model=tiny)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == json.loads(json.dumps(head))
     res = read_json(out / "sycophancy" / "results.json")
-    assert [r["condition"]["name"] for r in res["results"]] == ["baseline", "sae_clamp_0x", "sae_clamp_5x", "sae_clamp_20x"]
-    at5 = res["results"][2]["metrics"]
+    names = [r["condition"]["name"] for r in res["results"]]
+    assert names == ["baseline", "paper_clamp_0x", "paper_clamp_5x", "paper_clamp_20x", "system_prompt"]
+    at5 = res["results"][2]
     h = head["sycophancy"]
-    assert h["strength"] == 5.0 and h["sae_clamp"]["ppl"] == at5["ppl"]
-    assert h["targets"]["met"]["concept_rate"] == (at5["concept_rate"] >= 0.8)
-    assert len(res["results"][0]["generations"]) == 2
-    assert "sae_clamp_5x" in (out / "sycophancy" / "summary.md").read_text()
+    assert h["strength"] == 5.0 and h["paper_clamp_5x"]["concept_rate"] == at5["metrics"]["concept_rate"]
+    assert h["paper_clamp_5x"]["harmonic"] == at5["scores"]["harmonic"] or math.isnan(at5["scores"]["harmonic"])
+    (unit,) = at5["condition"]["units"].values()  # strength in both units (no norms.json here: median unknown)
+    assert unit["x_max_activation"] == pytest.approx(5.0) and unit["x_median_norm"] is None
+    assert len(res["results"][0]["generations"]) == 2  # two held-out claims (sycophancy has no lead prompt)
+    assert "paper_clamp_5x" in (out / "sycophancy" / "summary.md").read_text()
 
 
 def test_compare_script_from_conditions_file(tiny, topk_sae_dir, tmp_path, capsys):

@@ -10,7 +10,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("steerlens.commands.eval", "evaluate an SAE on held-out tokens (L0, FVU, CE recovered, density)"),
     "find": ("steerlens.commands.find", "find the SAE latents for a concept (AUROC, labels, examples)"),
     "dashboards": ("steerlens.commands.dashboards", "feature statistics and static HTML dashboards for an SAE"),
-    "clamp": ("steerlens.commands.clamp", "the amplification experiments: clamp a latent, sweep its strength"),
+    "clamp": ("steerlens.commands.clamp", "the amplification experiments: shipped recipe vs the paper's clamp, raw, prompting"),
+    "recipe": ("steerlens.commands.recipe", "tune a feature-steering recipe on dev prompts; ship it with dev/test figures"),
     "compare": ("steerlens.commands.compare", "W&B-tracked comparison of steering conditions on the same prompts"),
     "axis": ("steerlens.commands.axis", "compute the Assistant Axis (rollouts, activations, filter, PCA)"),
     "cap": ("steerlens.commands.cap", "evaluate activation capping on the Assistant Axis"),
@@ -24,4 +25,5 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # what each old script wraps (scripts/<name>.py -> `steerlens <command>`)
 SCRIPTS = {"train_sae": "train", "eval_sae": "eval", "find_features": "find", "feature_dashboards": "dashboards",
            "clamp": "clamp", "compare": "compare", "compute_axis": "axis", "cap": "cap", "demo": "demo",
-           "build_corpus": "corpus", "choose_layer": "layer-scan", "run_notebooks": "notebooks"}
+           "build_corpus": "corpus", "choose_layer": "layer-scan", "run_notebooks": "notebooks",
+           "tune_recipe": "recipe"}

@@ -62,18 +62,23 @@ def own_args(args) -> dict:
 
 
 def add_sweep_args(ap, strengths: str) -> None:
-    """The flags `clamp` and `compare` share: sweep, generation, scoring."""
+    """The flags `compare` uses: sweep, generation, scoring."""
     from steering.experiment import FAMILIES
 
     ap.add_argument("--strengths", default=strengths, help="comma-separated multiples of the max activation")
     ap.add_argument("--families", default=",".join(FAMILIES))
+    add_eval_args(ap)
+
+
+def add_eval_args(ap, max_new_tokens: int = 64, neutral_texts: int = 8) -> None:
+    """The flags `clamp` and `compare` share: prompts, generation, scoring."""
     ap.add_argument("--n-prompts", type=int, default=None, help="first N prompts only (default all)")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--repetition-penalty", type=float, default=1.1)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--neutral-texts", type=int, default=8)
+    ap.add_argument("--neutral-texts", type=int, default=neutral_texts)
     ap.add_argument("--neutral-max-tokens", type=int, default=96)
 
 

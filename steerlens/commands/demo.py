@@ -25,6 +25,7 @@ def add_arguments(ap) -> None:
     ap.add_argument("--context-size", "--context", dest="context", type=int, default=d.context)
     ap.add_argument("--sae", default=d.sae, help="SAE directory (default: the shipped smollm2-default)")
     ap.add_argument("--sae-eval-tokens", type=int, default=d.sae_eval_tokens, help="the held-out rows metrics.json used")
+    ap.add_argument("--sae-eval-chats", type=int, default=d.sae_eval_chats, help="held-out whole chats evaluated")
     ap.add_argument("--clamp-prompts", type=int, default=d.clamp_prompts, help="prompts per clamping experiment")
     ap.add_argument("--clamp-tokens", type=int, default=d.clamp_tokens)
     ap.add_argument("--axis", default=d.axis)

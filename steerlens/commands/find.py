@@ -4,12 +4,17 @@
     steerlens find --concept my_concept.json --sae path/to/sae --top 5
     steerlens find --concept golden_gate_bridge --concept sycophantic_praise \
         --dashboards runs/dashboards/default --write-concepts      # pages + saes/.../concepts.json
+    steerlens find --concept golden_gate_bridge --sae saes/pretrained/smollm2-late/blocks.20.hook_resid_post-4608 \
+        --steer-eval       # + output scores and measured steering on dev prompts -> concepts.json
 
 A concept is a shipped name (features/concepts/*.json) or a JSON file in the same format
 (features/concepts/README.md). With --dashboards, one pass over --data computes feature stats
 (cached in DIR/analysis), the candidates get dashboard pages and each concept a results page.
 --write-concepts stores the best latent per concept in concepts.json beside the SAE, with its
-maximum activation over --data (the unit relative clamping multiplies).
+maximum activation over --data (the unit relative clamping multiplies). --steer-eval ranks latents
+three ways (input AUROC, Arad et al.'s output score, measured steering on dev prompts;
+`steering.feature_selection`) and writes all three per short-listed latent, the steering latent and
+the SAE's strength units (norms.json).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from saes.access import DEFAULT_SAE
 
 from steerlens.commands.common import add_model_args
+from steerlens.errors import UsageError
 
 
 def add_arguments(ap) -> None:
@@ -37,6 +43,11 @@ def add_arguments(ap) -> None:
     ap.add_argument("--context-size", type=int, default=128)
     ap.add_argument("--out", default=None, help="also save each result as JSON + raw direction here")
     ap.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    ap.add_argument("--steer-eval", action="store_true",
+                    help="also rank by output score and by measured steering on dev prompts; writes concepts.json")
+    ap.add_argument("--steer-prompts", default=None,
+                    help="dev prompt set for --steer-eval (default: unrelated_questions; dubious_claims for sycophancy)")
+    ap.add_argument("--steer-strengths", default="0.5,1,2", help="x a_max, for --steer-eval")
 
 
 def report(result, tokenizer, dashboards: Path | None, n_examples: int) -> None:
@@ -70,6 +81,38 @@ def summary(results) -> dict:
                      "raw_cosine": r.best.raw_cosine, "raw_auroc_heldout": r.raw.auroc_heldout} for r in results}
 
 
+STEER_PROMPTS = {"sycophantic_praise": "dubious_claims"}
+
+
+def steer_eval(args, model) -> dict:
+    """Input AUROC, output score and measured steering per short-listed latent, into concepts.json."""
+    from steering.feature_selection import SelectionConfig, concept_output_scores, select_latents, write_selection
+    from steering.metrics import load_data
+
+    from steerlens.commands.common import split_list
+
+    try:
+        strengths = [float(x) for x in split_list(args.steer_strengths)]
+    except ValueError:
+        raise UsageError(f"--steer-strengths: {args.steer_strengths!r} is not a list of numbers, e.g. 0.5,1,2")
+    cfg = SelectionConfig(strengths=strengths, data=args.data)
+    from features import load_concept
+
+    table = {}
+    scored = concept_output_scores(model, args.sae, args.concept, cfg)  # one pass for every concept
+    for c in args.concept:
+        name = load_concept(c)["name"]
+        prompts = load_data(args.steer_prompts or STEER_PROMPTS.get(name, "unrelated_questions"))
+        rec = select_latents(model, args.sae, c, prompts, cfg, scores_out=scored[name])
+        table = write_selection(args.sae, c, rec)
+        best = next(r for r in rec["candidates"] if r["latent"] == rec["steering_latent"])
+        print(f"{name}: input latent {rec['latent']}, steering latent {rec['steering_latent']} "
+              f"(S_out {best['output']['s_out']:.3f}, harmonic {best['steering']['harmonic']:.3f} at "
+              f"{best['steering']['strength']:g} x a_max)")
+    print(f"wrote {Path(args.sae) / 'concepts.json'}")
+    return table
+
+
 def run(args) -> list:
     from features import SearchConfig, dataset_tokens, search_concept, write_concepts_json
     from features.analysis import AnalysisConfig, analyze
@@ -78,6 +121,8 @@ def run(args) -> list:
     from saes.access import load_sae
 
     model = load_model(args.model, device=args.device)
+    if args.steer_eval:
+        return steer_eval(args, model)
     sae = load_sae(args.sae, device=str(next(model.original_model.parameters()).device))
     dash = Path(args.dashboards) if args.dashboards else None
     stats = None
