@@ -157,5 +157,8 @@ def test_keyword_tokens_are_word_starts(tiny):
 
     toks = keyword_tokens(tiny.tokenizer, Concept.load("golden_gate_bridge"))
     texts = {tiny.tokenizer.decode([t]) for t in toks}
-    assert " Golden" in texts and " Bridge" in texts or " bridge" in texts
+    assert {" Golden", " San", " fog"} <= texts
     assert all(len(t.strip()) >= 3 for t in texts)
+    assert " bridge" not in texts  # the negatives are other bridges: it says nothing about this one
+    praise = {tiny.tokenizer.decode([t]) for t in keyword_tokens(tiny.tokenizer, Concept.load("sycophantic_praise"))}
+    assert " brilliant" in praise and " you" not in praise  # "you're so ..." starts matches, but every reply has it
