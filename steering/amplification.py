@@ -33,7 +33,7 @@ from steering.intervention import Steering
 from steering.metrics import load_data
 from steering.recipe import leaves, load_recipe, recipe_path
 from steering.sae_edits import Clamp
-from steering.tuning import TARGETS
+from steering.tuning import TARGETS, clamp_units, meets
 from steering.vectors import Add
 
 EXPERIMENTS = {
@@ -100,15 +100,14 @@ def conditions(model, experiment: str, cfg: AmplificationConfig) -> list[Conditi
     if "recipe" in cfg.families or "raw_add" in cfg.families:
         recipe = load_recipe(cfg.recipe or spec["recipe"])
     if "recipe" in cfg.families:
-        units = {f"{Path(str(x.sae)).name}/{f}": u for x in leaves(recipe) for f, u in x.units().items()}
+        units = clamp_units(leaves(recipe))
         strength = float(next(iter(leaves(recipe)[0].features.values())))  # the first leaf's, for plots
         conds.append(Condition("recipe", recipe, "recipe", strength, units=units))
     if "paper_clamp" in cfg.families:
         latent, max_act = concept_latent(cfg.sae, spec["concept"], cfg.latent, cfg.max_activation)
         for k in sorted(set(cfg.strengths) | {spec["strength"]}):
             clamp = Clamp(cfg.sae, {latent: float(k)}, relative=True, max_activations={latent: max_act})
-            conds.append(Condition(f"paper_clamp_{k:g}x", clamp, "paper_clamp", float(k),
-                                   units={f"{Path(cfg.sae).name}/{latent}": clamp.units()[latent]}))
+            conds.append(Condition(f"paper_clamp_{k:g}x", clamp, "paper_clamp", float(k), units=clamp_units([clamp])))
     if "raw_add" in cfg.families:
         conds.append(Condition("raw_add", raw_matched(model, recipe, spec["concept"]), "raw_add", 1.0))
     if "prompting" in cfg.families:
@@ -134,11 +133,7 @@ def headline(record: dict, experiment: str) -> dict:
                      "units": r["condition"].get("units")}
     rec = out.get("recipe")
     if rec is not None:
-        rec["targets"] = {**TARGETS, "met": {
-            "concept_rate": rec["concept_rate"] >= TARGETS["concept_rate_min"],
-            "fluency_ppl_ratio": rec["fluency_ppl_ratio"] <= TARGETS["fluency_ppl_ratio_max"],
-            "distinct2_ratio": rec["distinct2_ratio"] >= TARGETS["distinct2_ratio_min"],
-            "looping_rate": rec["looping_rate"] <= TARGETS["looping_rate_max"]}}
+        rec["targets"] = {**TARGETS, "met": meets(by["recipe"]["metrics"], base)}
         if "raw_add" in out:
             rec["harmonic_minus_raw"] = rec["harmonic"] - out["raw_add"]["harmonic"]
     return out

@@ -136,15 +136,21 @@ def grid(model, cfg: TuneConfig) -> list[Condition]:
     return conds
 
 
+def clamp_units(clamps) -> dict:
+    """{"<sae dir name>/<feature>": that feature's strength in both units}, for results files."""
+    return {f"{Path(str(c.sae)).name}/{f}": u for c in clamps for f, u in c.units().items()}
+
+
 def _cond(name: str, clamps: list[Clamp], family: str, strength: float) -> Condition:
-    units = {f"{Path(str(c.sae)).name}/{f}": u for c in clamps for f, u in c.units().items()}
-    return Condition(name, Steering(clamps), family, strength, units=units)
+    return Condition(name, Steering(clamps), family, strength, units=clamp_units(clamps))
 
 
-def meets(sc: dict, m: dict, base: dict) -> dict:
+def meets(m: dict, base: dict) -> dict:
+    """Each target, met or not, by a condition's metrics against the unsteered ones."""
+    ratio = lambda k: m[k] / base[k] if base[k] else float("nan")  # noqa: E731  (NaN meets no target)
     return {"concept_rate": m["concept_rate"] >= TARGETS["concept_rate_min"],
-            "fluency_ppl_ratio": m["fluency_ppl"] / base["fluency_ppl"] <= TARGETS["fluency_ppl_ratio_max"],
-            "distinct2_ratio": m["distinct2"] / base["distinct2"] >= TARGETS["distinct2_ratio_min"],
+            "fluency_ppl_ratio": ratio("fluency_ppl") <= TARGETS["fluency_ppl_ratio_max"],
+            "distinct2_ratio": ratio("distinct2") >= TARGETS["distinct2_ratio_min"],
             "looping_rate": m.get("looping_rate", 0.0) <= TARGETS["looping_rate_max"]}
 
 
@@ -156,7 +162,7 @@ def dev_row(result: dict, base: dict) -> dict:
             "concept_rate": m["concept_rate"], "fluency_ppl_ratio": m["fluency_ppl"] / base["fluency_ppl"],
             "distinct2_ratio": m["distinct2"] / base["distinct2"], "relevance": m["relevance"],
             "looping_rate": m.get("looping_rate"), "baseline_looping_rate": base.get("looping_rate"),
-            "targets_met": meets(sc, m, base)}
+            "targets_met": meets(m, base)}
 
 
 def choose(rows: list[dict]) -> dict:
