@@ -1,9 +1,15 @@
 """Batched, KV-cached sampling with TransformerLens hooks applied on every decoding step.
 
-HF `generate` does the sampling (left padding, temperature, top-p, stop tokens); we supply the
-model it runs on. With only residual-stream hooks active that is the fast path (stock HF model,
-same weights, hooks routed to the bridge's HookPoints); otherwise the bridge's wrapped model.
-Either way hooks fire on the prefill and on each one-token step, so steering applies throughout.
+Two engines, one interface. By default (`decode="auto"`) a call that samples at least
+AUTO_MIN_TOKENS tokens runs the hooks' edits inside the compiled static-cache decode step of
+`lm.decode`: every hook built by a steerlens intervention carries its edit as data
+(`lm.kernel.Kernel`), so add, clamp and cap all compile. Where that cannot apply (a
+plain hook function, hooks attached outside `fwd_hooks`, an architecture or device without a
+compiled step) it warns once and falls back to the eager engine: HF `generate` does the sampling
+(left padding, temperature, top-p, stop tokens) on the fast path (stock HF model, same weights,
+hooks routed to the bridge's HookPoints) or the bridge's wrapped model. Either way edits apply on
+the prefill and on each one-token step, so steering applies throughout. `decode="eager"` or
+`"compiled"` (or the environment variable STEERLENS_DECODE) forces one engine.
 
 Hooks see one new token per step under the KV cache. To steer "generated tokens only" correctly,
 interventions read `decode_positions(seq_len)`, the absolute positions of the tokens in the
@@ -14,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from dataclasses import asdict, dataclass
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
 
 import torch
 from jaxtyping import Int
@@ -23,6 +31,15 @@ from tqdm.auto import tqdm
 from lm.batch import pad
 from lm.chat import Conversation, as_conversation, render
 from lm.fastpath import fast_path
+from lm.kernel import kernel_of
+
+
+DECODE_ENV = "STEERLENS_DECODE"
+DECODE_MODES = ("auto", "compiled", "eager")
+# "auto" compiles when the call samples at least this many tokens (prompts x max_new_tokens): a new
+# edit structure or batch shape costs ~3-10 s of compilation on 2 cores, which a 14-prompt x 48-token
+# condition would not win back (steps there are ~1/3 faster, ~3 ms a token at batch 16).
+AUTO_MIN_TOKENS = 2048
 
 
 @dataclass
@@ -34,6 +51,8 @@ class GenerationConfig:
     seed: int = 0
     batch_size: int = 32
     repetition_penalty: float = 1.0
+    decode: str = field(default_factory=lambda: os.environ.get(DECODE_ENV, "auto"))  # auto | compiled | eager
+    weights: str = "float"  # "int8": weight-only int8 matrices in the compiled step (an option, never the default)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +139,54 @@ def hooked_runner(model, fwd_hooks=(), stop_after_layer: int | None = None):
             yield hf if hf is not None else model.original_model
 
 
+def compiled_kernels(model, fwd_hooks, device) -> tuple[list | None, str]:
+    """The hooks' kernels when the compiled decode step can run them all, else (None, why not)."""
+    from lm.decode import site_of
+
+    fp = fast_path(model)
+    if fp.hf is None:
+        return None, f"architecture {fp.model_type!r} has no compiled decode step"
+    if device.type not in ("cpu", "cuda"):
+        return None, f"device {device.type!r} has no compiled decode step"
+    if fp.active_hook_points():
+        return None, "hooks are attached to the model outside fwd_hooks (pass them as fwd_hooks=)"
+    kernels = []
+    for name, fn in fwd_hooks:
+        k = kernel_of(fn)
+        if k is None:
+            return None, f"the hook at {name} is a plain function, not a steerlens intervention's edit"
+        if site_of(name) is None or name != k.hook:
+            return None, f"hook point {name} is outside the compiled step's residual-stream sites"
+        if not k.compilable:
+            return None, f"the edit at {name} reads an SAE the compiled step cannot trace (not a plain TopK SAE)"
+        if any(p.device != device for p in k.params):
+            return None, f"the edit at {name} holds tensors on another device than the model ({device})"
+        kernels.append(k)
+    return kernels, ""
+
+
+def choose_engine(model, fwd_hooks, cfg: GenerationConfig, device, n_prompts: int) -> list | None:
+    """Kernels for the compiled engine, or None for the eager one (warning once why, under "auto"; a
+    call too short to repay compiling runs eager silently)."""
+    if cfg.decode not in DECODE_MODES:
+        raise ValueError(f"GenerationConfig.decode={cfg.decode!r}: use one of {DECODE_MODES} "
+                         f"(or set {DECODE_ENV} to one of them).")
+    if cfg.weights != "float" and cfg.decode == "eager":
+        raise ValueError(f"weights={cfg.weights!r} exists in the compiled decode step only; use decode='auto' or 'compiled'.")
+    if cfg.decode == "eager":
+        return None
+    if cfg.decode == "auto" and cfg.weights == "float" and n_prompts * cfg.max_new_tokens < AUTO_MIN_TOKENS:
+        return None
+    kernels, why = compiled_kernels(model, fwd_hooks, device)
+    if kernels is None and cfg.weights != "float":
+        raise ValueError(f"weights={cfg.weights!r} needs the compiled decode step, which cannot run here: {why}.")
+    if kernels is None:
+        if cfg.decode == "compiled":
+            raise ValueError(f"decode='compiled' cannot run here: {why}. Use decode='auto' to fall back to eager.")
+        warnings.warn(f"lm.generate: eager decoding, {why}.", stacklevel=3)
+    return kernels
+
+
 def generate(
     model,
     prompts: list[str | Conversation],
@@ -146,6 +213,7 @@ def generate(
                              f"it exceeds the context ({n_ctx}). Shorten it or lower max_new_tokens.")
     stops = end_of_turn_ids(tok)
     device = next(model.original_model.parameters()).device
+    kernels = choose_engine(model, list(fwd_hooks), cfg, device, len(convs))
     out: list[Generation] = []
     batches = range(0, len(convs), cfg.batch_size)
     for b in tqdm(batches, desc="generate", disable=not progress or len(batches) < 2):
@@ -153,19 +221,35 @@ def generate(
         ids, att, _ = pad(chunk, tok.pad_token_id, side="left")
         ids, att = ids.to(device), att.to(device)
         torch.manual_seed(cfg.seed + b)  # per-batch seed: reproducible for a fixed batching
-        sample = cfg.temperature > 0
-        with torch.no_grad(), hooked_runner(model, fwd_hooks) as runner, \
-                tracking(runner, ids.shape[1], first_token=(att == 0).sum(1)):
-            seqs = runner.generate(
-                input_ids=ids, attention_mask=att, max_new_tokens=cfg.max_new_tokens,
-                min_new_tokens=cfg.min_new_tokens or None, do_sample=sample, temperature=cfg.temperature if sample else None,
-                top_p=cfg.top_p if sample else None, top_k=0 if sample else None,
-                repetition_penalty=cfg.repetition_penalty,
-                eos_token_id=stops, pad_token_id=tok.pad_token_id,
-            )
-        for j, row in enumerate(seqs[:, ids.shape[1]:].cpu()):
+        new = (_compiled if kernels is not None else _eager)(model, ids, att, cfg, stops, fwd_hooks, kernels, n_ctx)
+        for j, row in enumerate(new.cpu()):
             ends = [k for k, t in enumerate(row.tolist()) if t in stops]
             gen = row[: ends[0]] if ends else row
             out.append(Generation(convs[b + j], tok.decode(gen, skip_special_tokens=True).strip(),
                                   chunk[j], gen, bool(ends)))
     return out
+
+
+def _eager(model, ids, att, cfg: GenerationConfig, stops, fwd_hooks, kernels, n_ctx) -> Int[torch.Tensor, "b n"]:
+    """HF `generate` on the hooked runner: the fallback engine."""
+    sample = cfg.temperature > 0
+    with torch.no_grad(), hooked_runner(model, fwd_hooks) as runner, \
+            tracking(runner, ids.shape[1], first_token=(att == 0).sum(1)):
+        seqs = runner.generate(
+            input_ids=ids, attention_mask=att, max_new_tokens=cfg.max_new_tokens,
+            min_new_tokens=cfg.min_new_tokens or None, do_sample=sample, temperature=cfg.temperature if sample else None,
+            top_p=cfg.top_p if sample else None, top_k=0 if sample else None,
+            repetition_penalty=cfg.repetition_penalty,
+            eos_token_id=stops, pad_token_id=model.tokenizer.pad_token_id,
+        )
+    return seqs[:, ids.shape[1]:]
+
+
+def _compiled(model, ids, att, cfg: GenerationConfig, stops, fwd_hooks, kernels, n_ctx) -> Int[torch.Tensor, "b n"]:
+    """`lm.decode.sample` with the hooks' kernels inside the compiled step."""
+    from lm.decode import decode_model, sample
+
+    return sample(decode_model(fast_path(model).hf, cfg.weights), ids, att, kernels, max_new_tokens=cfg.max_new_tokens,
+                  min_new_tokens=cfg.min_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                  repetition_penalty=cfg.repetition_penalty, stops=stops, pad_id=model.tokenizer.pad_token_id,
+                  context=n_ctx)

@@ -31,7 +31,7 @@ from lm.harvest import forward_batch
 from saes.pretrained import DEFAULT_NAME, PRETRAINED_DIR
 
 __all__ = ["DEFAULT_SAE", "REGISTRY_PREFIX", "FeatureIdError", "check_editable", "check_features", "check_sae",
-           "feature_id", "decoder_rows", "encode", "feature_acts", "feature_reader", "load_registry_sae", "load_sae", "on_device",
+           "feature_id", "decoder_rows", "encode", "feature_acts", "feature_reader", "topk_parts", "topk_read", "load_registry_sae", "load_sae", "on_device",
            "registry_id", "sae_digest", "sae_hook", "sae_path"]
 
 DEFAULT_SAE: Path = PRETRAINED_DIR / DEFAULT_NAME  # absolute, so notebooks run from notebooks/ find it
@@ -311,37 +311,61 @@ def _plain_topk(sae) -> bool:
     return not hooked and sae.cfg.normalize_activations in EDITABLE_NORMS and sae.cfg.reshape_activations == "none"
 
 
+def topk_parts(sae) -> tuple[tuple[torch.Tensor, ...], int] | None:
+    """A plain TopK SAE's encoder as data: (W_enc, b_enc, input shift, pre-activation scale), k; else None.
+
+    The shift is b_dec (zeros when the SAE does not subtract it), the scale the decoder norms (ones
+    when it does not rescale): subtracting 0 and multiplying by 1 are exact, so one formula serves all."""
+    if not _plain_topk(sae):
+        return None
+    w = sae.W_enc
+    shift = sae.b_dec if sae.cfg.apply_b_dec_to_input else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    scale = (sae.W_dec.norm(dim=-1) if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False)
+             else torch.ones(w.shape[1], dtype=w.dtype, device=w.device))
+    return (w, sae.b_enc, shift, scale), int(sae.activation_fn.k)
+
+
+def topk_read(x: Float[torch.Tensor, "... d_in"], enc: tuple[torch.Tensor, ...], k: int,
+              idx: Int[torch.Tensor, " n"] | None = None, axis: Float[torch.Tensor, " d_sae"] | None = None
+              ) -> tuple[Float[torch.Tensor, "... n"] | None, Float[torch.Tensor, "..."], Float[torch.Tensor, "..."] | None]:
+    """From a plain TopK encoder (`topk_parts`): the activations of features `idx`, the largest activation
+    of any feature (Arad et al.'s a_max) and, with `axis`, <encode(x), axis>; each equal to what
+    `sae.encode(x)` gives. A feature is active iff its pre-activation reaches the k-th largest, so no
+    dense d_sae vector is built: this is what a clamp or cap costs per decoding step."""
+    w_enc, b_enc, shift, scale = enc
+    x2 = x.reshape(-1, x.shape[-1])
+    pre = torch.addmm(b_enc, x2 - shift, w_enc) * scale
+    top = pre.topk(k, dim=-1, sorted=False)
+    lead = x.shape[:-1]
+    a_max = top.values.amax(-1).relu().reshape(lead)
+    f = proj = None
+    if idx is not None:
+        kth = top.values.amin(-1, keepdim=True)
+        sel = pre[:, idx]
+        f = torch.where(sel >= kth, sel.relu(), torch.zeros_like(sel)).reshape(*lead, len(idx))
+    if axis is not None:
+        proj = (top.values.relu() * axis[top.indices]).sum(-1).reshape(lead)
+    return f, a_max, proj
+
+
 def feature_reader(sae, idx: Int[torch.Tensor, " k"], with_max: bool = False
                    ) -> Callable[[torch.Tensor], Float[torch.Tensor, "... k"]]:
     """A function x -> activations of features `idx` only, equal to `sae.encode(x)[..., idx]`; with
     `with_max`, x -> (those, the largest activation of any feature per token: Arad et al.'s a_max).
-
-    Clamping decodes only the change, so per decoding step the SAE's cost is its encode. For plain
-    TopK SAEs a feature is active iff its pre-activation reaches the k-th largest, which skips the
-    dense scatter and SAELens's hook calls (bench_steer: this is what the clamp ratio pays for).
-    Anything else goes through the SAE's own encode.
-    """
-    if not _plain_topk(sae):
+    Plain TopK SAEs go through `topk_read`; anything else through the SAE's own encode."""
+    parts = topk_parts(sae)
+    if parts is None:
         if with_max:
             def read_full(x):
                 f = sae.encode(x)
                 return f[..., idx], f.amax(-1)
             return read_full
         return lambda x: sae.encode(x)[..., idx]
-    k = int(sae.activation_fn.k)
-    shift = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
-    scale = sae.W_dec.norm(dim=-1) if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False) else None
+    enc, k = parts
 
     def read(x):
-        x2 = x.reshape(-1, x.shape[-1])
-        pre = torch.addmm(sae.b_enc, x2 - shift if shift is not None else x2, sae.W_enc)
-        if scale is not None:
-            pre = pre * scale
-        top = pre.topk(k, dim=-1, sorted=False).values
-        kth = top.amin(-1, keepdim=True)
-        sel = pre[:, idx]
-        f = torch.where(sel >= kth, sel.relu(), torch.zeros_like(sel)).reshape(*x.shape[:-1], len(idx))
-        return (f, top.amax(-1).relu().reshape(x.shape[:-1])) if with_max else f
+        f, a_max, _ = topk_read(x, enc, k, idx)
+        return (f, a_max) if with_max else f
     return read
 
 

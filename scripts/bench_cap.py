@@ -3,7 +3,8 @@ and SAE basis (steering.SAECap at the SAE's layer), in one run; also the windowe
 (steering.window: the mean over the last --window tokens, kept across KV-cached steps).
 
 The four sides sample the same prompts with a fixed number of new tokens and alternate (uncapped,
-raw, sae, windowed, uncapped, ...) so machine noise hits all of them; the best of --repeats is kept. Cap cost
+raw, sae, windowed, then rotated: `lm.benchmark.interleaved`) so machine noise hits all of them;
+each ratio is the median over repeats of the paired ratio, until known to --tol or --budget-s is spent. Cap cost
 does not depend on the direction's values, so without --axis random unit directions are used, and
 without an SAE (--sae, the axis's own, or steering's default) a random SAELens SAE of 8 x d_model
 latents. Prints one JSON line last; "ratio" is the raw-basis ratio (target >= 0.98).
@@ -11,11 +12,12 @@ latents. Prints one JSON line last; "ratio" is the raw-basis ratio (target >= 0.
 
 import argparse
 import json
-import time
+import statistics
 from pathlib import Path
 
 import torch
 
+from lm.benchmark import interleaved, paired_ratio
 from lm.generate import GenerationConfig, generate
 from lm.model import load_model
 from steering import DEFAULT_SAE, Cap, SAECap, Steering, load_sae
@@ -44,7 +46,10 @@ def main(argv=None):
     ap.add_argument("--window", type=int, default=256, help="for the windowed raw cap")
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=20, help="most timed rounds")
+    ap.add_argument("--tol", type=float, default=0.005, help="stop once each median ratio's standard error is below")
+    ap.add_argument("--budget-s", type=float, default=40.0, help="stop after this many seconds of timed rounds")
+    ap.add_argument("--decode", default="eager", choices=("eager", "compiled", "auto"), help="our engine (bench_decode: compiled)")
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
 
@@ -70,24 +75,22 @@ def main(argv=None):
         sae_cap = Steering([SAECap(sae, torch.randn(sae.cfg.d_sae, generator=g), 0.0)])
     n, bs = args.new_tokens, args.batch_size
     prompts = [f"Tell me one surprising fact about topic number {i}." for i in range(bs)]
-    cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, temperature=0.7, top_p=0.9, batch_size=bs)
+    cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, temperature=0.7, top_p=0.9, batch_size=bs,
+                           decode=args.decode)
     sides = {"uncapped": [], "raw": raw.hooks(model), "sae": sae_cap.hooks(model), "windowed": windowed.hooks(model)}
 
     def run(hooks):
-        generate(model, prompts, cfg, fwd_hooks=hooks, progress=False, seed=0)
+        return lambda: generate(model, prompts, cfg, fwd_hooks=hooks, progress=False, seed=0)
 
-    times = {k: [] for k in sides}
-    for hooks in sides.values():
-        run(hooks)  # warm-up
-    for _ in range(args.repeats):
-        for k, hooks in sides.items():
-            t = time.perf_counter()
-            run(hooks)
-            times[k].append(time.perf_counter() - t)
-    tps = {k: bs * n / min(v) for k, v in times.items()}
+    capped = ("raw", "sae", "windowed")
+    times = interleaved({k: run(hooks) for k, hooks in sides.items()}, args.repeats,
+                        pairs=[(k, "uncapped") for k in capped], tol=args.tol, budget_s=args.budget_s)
+    tps = {k: bs * n / statistics.median(v) for k, v in times.items()}
+    ratios = {k: paired_ratio(times[k], times["uncapped"]) for k in capped}
     print(json.dumps({
-        "ratio": round(tps["raw"] / tps["uncapped"], 3), "sae_ratio": round(tps["sae"] / tps["uncapped"], 3),
-        "windowed_ratio": round(tps["windowed"] / tps["uncapped"], 3),
+        "ratio": ratios["raw"]["median"], "ratio_spread": ratios["raw"],
+        "sae_ratio": ratios["sae"]["median"], "sae_ratio_spread": ratios["sae"],
+        "windowed_ratio": ratios["windowed"]["median"], "windowed_ratio_spread": ratios["windowed"],
         "uncapped_tok_s": round(tps["uncapped"], 2), "raw_tok_s": round(tps["raw"], 2), "sae_tok_s": round(tps["sae"], 2),
         "windowed_tok_s": round(tps["windowed"], 2), "window": args.window,
         "band": [band[0], band[-1]], "sae_hook": sides["sae"][0][0],

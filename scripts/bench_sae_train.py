@@ -5,15 +5,18 @@ fed by `saes.data.ShardedBatches` over an in-memory activation cache (synthetic 
 activations with the default SAE's shapes: d_in 576, d_sae 4608, k 32, batch 1024).
 Baseline: the five plain `torch.mm` of the same shapes that one step needs (encode, decode, and
 the three backward GEMMs: dW_dec, d acts, dW_enc). Achieved FLOP rate counts 10 * B * d_in * d_sae
-per step; ratio = achieved rate / torch.mm rate. Runs alternate to share machine noise.
-Prints one JSON line last.
+per step; ratio = achieved rate / torch.mm rate, the median over repeats of the paired ratio (the
+two sides alternate, `lm.benchmark.interleaved`, until it is known to --tol or --budget-s is spent);
+rates are from each side's median time. Prints one JSON line last.
 """
 
 import argparse
 import json
-import time
+import statistics
 
 import torch
+
+from lm.benchmark import interleaved, paired_ratio
 
 
 def main(argv=None):
@@ -24,7 +27,9 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--cached-tokens", type=int, default=32_768)
     ap.add_argument("--steps", type=int, default=6, help="steps per timed run")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=20, help="most timed rounds")
+    ap.add_argument("--tol", type=float, default=0.005, help="stop once the median ratio's standard error is below")
+    ap.add_argument("--budget-s", type=float, default=40.0, help="stop after this many seconds of timed rounds")
     args = ap.parse_args(argv)
 
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
@@ -55,25 +60,17 @@ def main(argv=None):
             torch.mm(x, W_enc), torch.mm(a, W_dec)  # forward
             torch.mm(a.T, g_out), torch.mm(g_out, W_dec.T), torch.mm(x.T, g_act)  # backward
 
-    ours(), baseline()  # warm up
-    t_ours = t_base = 0.0
-    for _ in range(args.repeats):
-        for fn in (ours, baseline):
-            t = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t
-            if fn is ours:
-                t_ours += dt
-            else:
-                t_base += dt
-    n = args.steps * args.repeats
+    times = interleaved({"ours": ours, "mm": baseline}, args.repeats, pairs=[("ours", "mm")], tol=args.tol,
+                        budget_s=args.budget_s)
+    t_ours, t_base = statistics.median(times["ours"]), statistics.median(times["mm"])
     flops = 10 * B * d * m
     result = {
-        "tokens_per_s": n * B / t_ours,
-        "achieved_gflop_s": flops * n / t_ours / 1e9,
-        "mm_gflop_s": flops * n / t_base / 1e9,
-        "ratio": t_base / t_ours,
-        "step_ms": 1e3 * t_ours / n,
+        "tokens_per_s": args.steps * B / t_ours,
+        "achieved_gflop_s": flops * args.steps / t_ours / 1e9,
+        "mm_gflop_s": flops * args.steps / t_base / 1e9,
+        "ratio": paired_ratio(times["ours"], times["mm"], digits=None)["median"],
+        "ratio_spread": paired_ratio(times["ours"], times["mm"]),
+        "step_ms": 1e3 * t_ours / args.steps,
         "shape": {"batch": B, "d_in": d, "d_sae": m, "k": args.k},
         "threads": torch.get_num_threads(),
     }

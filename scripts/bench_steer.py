@@ -5,21 +5,24 @@ add back the change to its target) at the SAE's hook, and with each shipped feat
 (`steering/recipes/*.json`: Arad-style amplification in one or more late-layer SAEs). Theirs: the same raw vector through
 `steering_vectors.SteeringVector(...).apply(hf_model)` around a bare HF `generate`, divided by the
 same bare HF `generate` unsteered. Same prompts, fixed number of new tokens, sampling with a fixed
-seed; the sides alternate within each repeat so machine noise hits all of them; the best of the
-repeats counts, and each ratio's median and range over the paired repeats give its spread. It also times the clamp's per-step feature read, the lean TopK read
-(`saes.access.feature_reader`) against a full `sae.encode`. Speed does not depend on SAE weights,
+seed; each repeat runs every side once in a rotating order (`lm.benchmark.interleaved`) so machine
+noise hits all of them, and each ratio is the median over repeats of the paired ratio (with its
+spread), repeated until known to --tol or --budget-s is spent. It also times the clamp's per-step
+feature read, the lean TopK read (`saes.access.feature_reader`) against a full `sae.encode`. Speed does not depend on SAE weights,
 so when no trained SAE exists a randomly initialised TopK SAE of the default shape is used (flagged
 in the output). Last stdout line: one JSON object; "ratio" is the worse of our two ratios.
 """
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
 import torch
 
 from lm.batch import pad
+from lm.benchmark import interleaved, paired_ratio
 from lm.chat import render
 from lm.generate import GenerationConfig, generate
 from lm.model import EMBEDDED, load_bare_hf, load_model
@@ -63,8 +66,11 @@ def main(argv=None):
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=20, help="most timed rounds")
+    ap.add_argument("--tol", type=float, default=0.005, help="stop once each median ratio's standard error is below")
+    ap.add_argument("--budget-s", type=float, default=40.0, help="stop after this many seconds of timed rounds")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--decode", default="eager", choices=("eager", "compiled", "auto"), help="our engine (bench_decode: compiled)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads or torch.get_num_threads())
     torch.set_grad_enabled(False)
@@ -96,7 +102,8 @@ def main(argv=None):
     peer = SteeringVector({layer: vector}, "decoder_block")
     tok, n, bs = model.tokenizer, args.new_tokens, args.batch_size
     prompts = [f"Tell me one surprising fact about topic number {i}." for i in range(bs)]
-    cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, temperature=0.7, top_p=0.9, batch_size=bs)
+    cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, temperature=0.7, top_p=0.9, batch_size=bs,
+                           decode=args.decode)
     ids, att, _ = pad([render(tok, [{"role": "user", "content": p}], True).ids for p in prompts], tok.pad_token_id, side="left")
     ids, att = ids.to(bare.device), att.to(bare.device)
     add_hooks, clamp_hooks = add.hooks(model), clamp.hooks(model)
@@ -117,32 +124,25 @@ def main(argv=None):
     recipes = {f"ours_recipe_{r}": ours(load_recipe(r).hooks(model)) for r in recipe_names()}
     sides = {"ours_unsteered": ours([]), "ours_add": ours(add_hooks), "ours_clamp": ours(clamp_hooks), **recipes,
              "theirs_unsteered": hf_generate, "theirs_add": theirs_add}
-    times = {k: [] for k in sides}
+    pairs = {"ours_add_ratio": ("ours_add", "ours_unsteered"), "ours_clamp_ratio": ("ours_clamp", "ours_unsteered"),
+             **{f"{k}_ratio": (k, "ours_unsteered") for k in recipes},
+             "theirs_add_ratio": ("theirs_add", "theirs_unsteered")}
     [fn(2) for fn in sides.values()]  # short warm-up (fast path build, allocator)
-    for _ in range(args.repeats):
-        for name, fn in sides.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    tps = {k: bs * n / min(v) for k, v in times.items()}
+    times = interleaved(sides, args.repeats, warmup=0, pairs=list(pairs.values()), tol=args.tol, budget_s=args.budget_s)
     read_us = read_cost(sae, feature, bs, model.cfg.d_model)
-    result = {f"{k}_tok_s": round(v, 2) for k, v in tps.items()}
+    result = {f"{k}_tok_s": round(bs * n / statistics.median(v), 2) for k, v in times.items()}
+    for key, (side, base) in pairs.items():
+        r = paired_ratio(times[side], times[base])
+        result[key], result[f"{key}_spread"] = r["median"], r
     result.update({
-        "ours_add_ratio": round(tps["ours_add"] / tps["ours_unsteered"], 3),
-        "ours_clamp_ratio": round(tps["ours_clamp"] / tps["ours_unsteered"], 3),
-        "theirs_add_ratio": round(tps["theirs_add"] / tps["theirs_unsteered"], 3),
         "hook": hook, "sae": str(args.sae) if trained else f"random-init TopK d_sae={args.d_sae} k={args.k} "
         f"(no trained SAE at {args.sae})", "sae_random_init": not trained, "batch_size": bs, "new_tokens": n,
-        "repeats": args.repeats, "threads": torch.get_num_threads(), "device": str(bare.device),
+        "repeats": len(times["ours_unsteered"]), "threads": torch.get_num_threads(), "device": str(bare.device),
         **read_us,
     })
-    for name in recipes:
-        paired = sorted(u / t for u, t in zip(times["ours_unsteered"], times[name]))
-        result[f"{name}_ratio"] = round(tps[name] / tps["ours_unsteered"], 3)
-        result[f"{name}_ratio_spread"] = {"median": round(paired[len(paired) // 2], 3),
-                                          "min": round(paired[0], 3), "max": round(paired[-1], 3)}
     result["recipe_ratio"] = min((result[f"{n}_ratio"] for n in recipes), default=None)
-    result["ratio"] = min(result["ours_add_ratio"], result["ours_clamp_ratio"])
+    worst = min(("ours_add_ratio", "ours_clamp_ratio"), key=result.get)
+    result["ratio"], result["ratio_spread"] = result[worst], result[f"{worst}_spread"]
     print(json.dumps(result))
 
 

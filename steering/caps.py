@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
+from lm.kernel import Kernel, no_state
 from steering.intervention import Intervention, check_finite, check_hook, check_vector, model_place
 from steering.positions import Positions, check_positions, edit_hook
-from steering.projection import Projection, check_mode, check_window, shortfall
+from steering.projection import Projection, check_mode, check_window, per_token, shortfall
 from steering.sae_edits import prepare_sae, sae_field
+from steering.window import empty_window, window_mean
 
 
 class _CapBase(Intervention):
@@ -45,13 +47,25 @@ class _CapBase(Intervention):
     def hooks(self, model):
         hook, proj = self.bind(model)
         device, dtype = model_place(model)
-        measure = proj.measurer(device, dtype)
+        mparams, mstatic = proj.parts(device, dtype)
         push = proj.residual_direction(device, dtype)
-        tau, mode, amount = self.tau, self.mode, (1.0 if self.mode == "floor" else -1.0) * self.gain
+        amount = (1.0 if self.mode == "floor" else -1.0) * self.gain
+        values = torch.tensor([self.tau, amount], dtype=torch.float32, device=push.device)
+        init = (lambda b, dev, w=self.window: empty_window(b, w, dev)) if self.window else no_state
+        kernel = Kernel(hook, cap_edit, (values, push, *mparams), (self.mode, self.window, *mstatic), init_state=init)
+        return [(hook, edit_hook(kernel, self.positions, proj.d_in, type(self).__name__))]
 
-        def edit(x):
-            return x + (amount * shortfall(measure(x), tau, mode).unsqueeze(-1) * push).to(x.dtype)
-        return [(hook, edit_hook(edit, self.positions, proj.d_in, type(self).__name__))]
+
+def cap_edit(x, params, state, valid, mode, window, *measure):
+    """The kernel of every cap: measure (per token or windowed), shortfall against tau, push.
+    params = ([tau, signed gain], push direction, *the projection's tensors)."""
+    values, push, *mparams = params
+    p = per_token(x, tuple(mparams), measure)
+    if window:
+        mean, has, state = window_mean(p, valid, state, window)
+        p = torch.where(has, mean.to(p.dtype), p)
+    short = shortfall(p, values[0].to(p.dtype), mode)
+    return x + (values[1] * short.unsqueeze(-1) * push).to(x.dtype), state
 
 
 @dataclass(eq=False)

@@ -14,10 +14,14 @@ steers all of them and "generated" none.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
+from jaxtyping import Bool
 
 from lm.generate import decode_state
+from lm.kernel import Kernel, no_state
+from steering.window import carry, text_tokens
 
 Positions = str | list[int]  # "all" | "prompt" | "generated" | explicit absolute positions
 NAMED = ("all", "prompt", "generated")
@@ -80,25 +84,50 @@ class Selector:
         return ALL if split <= 0 else NONE if split >= seq_len else slice(split, None)
 
 
-def edit_hook(edit, positions: Positions, d: int, what: str):
-    """A TransformerLens hook `fn(x, hook) -> x` applying `edit` to the selected positions only."""
+def position_mask(positions: Positions) -> Callable[[int, int], Bool[torch.Tensor, " total"]]:
+    """The same choice as `Selector`, as a mask over a whole generation's absolute positions
+    `(prompt_len, total) -> Bool[total]`: what the compiled decode step gates its edits with."""
+    positions = check_positions(positions)
+
+    def where(prompt_len: int, total: int):
+        j = torch.arange(total)
+        if positions == "all":
+            return torch.ones(total, dtype=torch.bool)
+        if positions == "prompt":
+            return j < prompt_len
+        if positions == "generated":
+            return j >= prompt_len
+        return torch.isin(j, torch.tensor(positions))
+    return where
+
+
+def edit_hook(kernel: Kernel, positions: Positions, d: int, what: str):
+    """A TransformerLens hook `fn(x, hook) -> x` applying `kernel` to the selected positions only.
+
+    The hook carries the kernel (`fn.kernel`, with its position mask), so `lm.generate` can run the
+    same edit inside its compiled decode step; a stateful kernel (a windowed cap) keeps its state
+    per generation batch through `steering.window.carry`."""
     select = Selector(positions)
+    kernel.where, kernel.name = position_mask(select.positions), what
+    stateful = kernel.init_state is not no_state
+    if stateful and select.positions != "all":
+        raise ValueError(f"{what}: an edit that carries state across tokens needs positions='all'.")
 
     def fail(x, hook):
         raise ValueError(f"{what}: hook {getattr(hook, 'name', '?')} carries vectors of size {x.shape[-1]} "
                          f"but the intervention has size {d}. Use a hook of matching width.")
 
-    if select.positions == "all":
-        def hook_all(x, hook):
-            if x.shape[-1] != d:
-                fail(x, hook)
-            return edit(x)
-        return hook_all
+    def edit(x):
+        if not stateful:
+            return kernel(x)[0]
+        b, s = x.shape[:2]
+        valid = text_tokens(b, s, x.device)
+        return carry(kernel, b, x.device, kernel.init_state, lambda state: kernel(x, state, valid))
 
-    def hook_some(x, hook):
+    def hook_fn(x, hook):
         if x.shape[-1] != d:
             fail(x, hook)
-        sel = select(x.shape[1], x.device)
+        sel = ALL if select.positions == "all" else select(x.shape[1], x.device)
         if sel is NONE:
             return x
         if sel is ALL:
@@ -106,4 +135,5 @@ def edit_hook(edit, positions: Positions, d: int, what: str):
         out = x.clone()
         out[:, sel] = edit(x[:, sel])
         return out
-    return hook_some
+    hook_fn.kernel = kernel
+    return hook_fn

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 
-from saes.access import decoder_rows
+from saes.access import decoder_rows, topk_parts, topk_read
 from steering.window import WindowMean
 
 MODES = ("floor", "ceiling")
@@ -69,21 +69,27 @@ class Projection:
         """Width of the activations measured: the direction's, or the SAE's input."""
         return int(self.sae.cfg.d_in) if self.sae is not None else len(self.direction)
 
+    def parts(self, device: torch.device, dtype: torch.dtype) -> tuple[tuple[torch.Tensor, ...], tuple]:
+        """What `per_token` reads, as (tensors, static settings): the data form a compiled step traces."""
+        if self.sae is None:
+            return (self.direction.to(device, dtype),), ("raw",)
+        a = self.direction.to(self.sae.W_dec.device, self.sae.W_dec.dtype)
+        topk = topk_parts(self.sae)
+        if topk is None:
+            return (a,), ("sae", self.sae)
+        enc, k = topk
+        return (*enc, a), ("topk", k)
+
     def measurer(self, device: torch.device, dtype: torch.dtype
                  ) -> Callable[[Float[torch.Tensor, "b s d"]], Float[torch.Tensor, "b s"]]:
         """A function h -> measured projection; each call gives one with its own window history."""
         window = WindowMean(self.window) if self.window else None
-        if self.sae is None:
-            v = self.direction.to(device, dtype)
-            per_token = lambda x: x @ v  # noqa: E731
-        else:
-            sae, a = self.sae, self.direction.to(self.sae.W_dec.device, self.sae.W_dec.dtype)
-            per_token = lambda x: sae.encode(x.to(a.dtype)) @ a  # noqa: E731
+        params, static = self.parts(device, dtype)
         if window is None:
-            return per_token
+            return lambda x: per_token(x, params, static)  # noqa: E731
 
         def measure(x):
-            p = per_token(x)
+            p = per_token(x, params, static)
             mean, has = window(p)
             return torch.where(has, mean.to(p.dtype), p)
         return measure
@@ -94,3 +100,14 @@ class Projection:
             return self.direction.to(device, dtype)
         rows = decoder_rows(self.sae)
         return self.direction.to(rows.device, rows.dtype) @ rows
+
+
+def per_token(x: Float[torch.Tensor, "b s d"], params: tuple[torch.Tensor, ...], static: tuple) -> Float[torch.Tensor, "b s"]:
+    """Each token's projection from `Projection.parts`: <h, v>, or <encode(h), a> (TopK read, or the SAE's encode)."""
+    kind = static[0]
+    if kind == "raw":
+        return x @ params[0]
+    a = params[-1]
+    if kind == "topk":
+        return topk_read(x.to(a.dtype), params[:-1], static[1], axis=a)[2]
+    return static[1].encode(x.to(a.dtype)) @ a

@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 
 from features.latents import NORMS, concept_max_activations, sae_norms
-from saes.access import (check_editable, check_features, check_sae, decoder_rows, feature_id, feature_reader, load_sae,
-                         on_device, sae_path)
+from lm.kernel import Kernel
+from saes.access import (check_editable, check_features, check_sae, decoder_rows, feature_id, load_sae, on_device,
+                         sae_path, topk_parts, topk_read)
 from steering.intervention import Intervention, check_finite, model_place
 from steering.positions import Positions, check_positions, edit_hook
 
@@ -47,8 +48,41 @@ class _FeatureEdit(Intervention):
         idx = torch.tensor(ids, device=sae.W_dec.device)
         return sae, hook, ids, idx, decoder_rows(sae, idx)
 
-    def _hook(self, sae, hook, edit):
-        return [(hook, edit_hook(edit, self.positions, sae.cfg.d_in, type(self).__name__))]
+    def _kernel(self, sae, hook, fn, params, static):
+        kernel = Kernel(hook, fn, params, static)
+        return [(hook, edit_hook(kernel, self.positions, sae.cfg.d_in, type(self).__name__))]
+
+
+def encoder_data(sae) -> tuple[tuple[torch.Tensor, ...], tuple]:
+    """The SAE encoder a feature edit reads: a plain TopK encoder as tensors (`topk_parts`), else the
+    SAE itself as a static setting (its hook runs eagerly; the compiled decode step cannot trace it)."""
+    parts = topk_parts(sae)
+    return ((), ("sae", sae)) if parts is None else (parts[0], ("topk", parts[1]))
+
+
+def read_features(x, enc: tuple, source: tuple, idx, with_max: bool = False):
+    """Features `idx` of x (and a_max) from `encoder_data`'s form."""
+    if source[0] == "topk":
+        f, a_max, _ = topk_read(x, enc, source[1], idx)
+        return (f, a_max) if with_max else f
+    full = source[1].encode(x)
+    return (full[..., idx], full.amax(-1)) if with_max else full[..., idx]
+
+
+def clamp_edit(x, params, state, valid, mode, *source):
+    """The kernel of `Clamp`: params = (*encoder tensors, feature ids, decoder rows, values)."""
+    *enc, idx, rows, values = params
+    if mode == "project":
+        return OPS[mode](x, None, None, rows, values), state
+    f, a_max = read_features(x.to(rows.dtype), tuple(enc), source, idx, with_max=True)
+    return OPS[mode](x, f, a_max, rows, values), state
+
+
+def scale_edit(x, params, state, valid, *source):
+    """The kernel of `Scale`: params = (*encoder tensors, feature ids, decoder rows, factor - 1)."""
+    *enc, idx, rows, k = params
+    f = read_features(x.to(rows.dtype), tuple(enc), source, idx)
+    return x + ((k * f) @ rows).to(x.dtype), state
 
 
 def _set(x, f, a_max, rows, values):
@@ -173,18 +207,8 @@ class Clamp(_FeatureEdit):
         sae, hook, ids, idx, rows = self._prepare(model, self.features)
         target = self.targets()
         values = torch.tensor([target[f] for f in ids], dtype=rows.dtype, device=rows.device)
-        op = OPS[self.mode]
-        if self.mode == "project":
-            def edit(x):
-                return op(x, None, None, rows, values)
-        else:
-            read = feature_reader(sae, idx, with_max=self.mode == "add")
-
-            def edit(x):
-                got = read(x.to(rows.dtype))
-                f, a_max = got if self.mode == "add" else (got, None)
-                return op(x, f, a_max, rows, values)
-        return self._hook(sae, hook, edit)
+        enc, source = ((), ("none",)) if self.mode == "project" else encoder_data(sae)
+        return self._kernel(sae, hook, clamp_edit, (*enc, idx, rows, values), (self.mode, *source))
 
     def to_dict(self):
         return {"type": "Clamp", "sae": sae_field(self.sae), "features": self.features, "relative": self.relative,
@@ -217,13 +241,9 @@ class Scale(_FeatureEdit):
 
     def hooks(self, model):
         sae, hook, _, idx, rows = self._prepare(model, self.features)
-        k = self.factor - 1.0
-        read = feature_reader(sae, idx)
-
-        def edit(x):
-            f = read(x.to(rows.dtype))
-            return x + ((k * f) @ rows).to(x.dtype)
-        return self._hook(sae, hook, edit)
+        k = torch.tensor(self.factor - 1.0, dtype=rows.dtype, device=rows.device)
+        enc, source = encoder_data(sae)
+        return self._kernel(sae, hook, scale_edit, (*enc, idx, rows, k), source)
 
     def to_dict(self):
         return {"type": "Scale", "sae": sae_field(self.sae), "features": self.features, "factor": self.factor,

@@ -8,10 +8,22 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 
+from lm.kernel import Kernel
 from steering.intervention import Intervention, check_finite, check_hook, check_vector, model_place
 from steering.positions import Positions, check_positions, edit_hook
 from saes.access import feature_id
 from steering.sae_edits import Scale, sae_field
+
+
+def add_edit(x, params, state, valid):
+    """h += alpha v (the kernel of `Add`)."""
+    return x + params[0], state
+
+
+def ablate_edit(x, params, state, valid):
+    """h -= <h, u> u for a unit u (the kernel of a raw-direction `Ablate`)."""
+    u = params[0]
+    return x - (x @ u).unsqueeze(-1) * u, state
 
 
 @dataclass(eq=False)
@@ -31,7 +43,7 @@ class Add(Intervention):
         check_hook(model, self.hook, d, "Add")
         device, dtype = model_place(model)
         delta = (self.alpha * self.vector).to(device, dtype)
-        return [(self.hook, edit_hook(lambda x: x + delta, self.positions, d, "Add"))]
+        return [(self.hook, edit_hook(Kernel(self.hook, add_edit, (delta,)), self.positions, d, "Add"))]
 
     def to_dict(self):
         return {"type": "Add", "hook": self.hook, "vector": self.vector.tolist(), "alpha": self.alpha,
@@ -70,7 +82,7 @@ class Ablate(Intervention):
         check_hook(model, self.hook, d, "Ablate")
         device, dtype = model_place(model)
         u = F.normalize(self.direction, dim=0).to(device, dtype)
-        return [(self.hook, edit_hook(lambda x: x - (x @ u).unsqueeze(-1) * u, self.positions, d, "Ablate"))]
+        return [(self.hook, edit_hook(Kernel(self.hook, ablate_edit, (u,)), self.positions, d, "Ablate"))]
 
     def to_dict(self):
         if self.direction is not None:

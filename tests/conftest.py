@@ -1,10 +1,17 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.helpers import random_topk_sae_dir
+
+
+# The compiled decode step costs seconds of compilation per edit structure and batch shape, which
+# hundreds of short tiny-model generations would pay over and over: tests run the eager engine unless
+# they ask for decode="compiled" (tests/test_decode.py, which checks the two agree).
+os.environ.setdefault("STEERLENS_DECODE", "eager")
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,354 @@
+"""Steered decoding as one compiled step: a static KV cache, the interventions as tensors, sampling inside.
+
+Why: HF `generate` spends 15-40% of a step on its own bookkeeping and the model call pays ~27 ms of
+per-op overhead at batch 1 on this CPU. Here a decoding step is a pure function of tensors (token,
+position, caches, edit parameters, edit state, sampling state) that `torch.compile` turns into one
+program per *structure*: which edits sit at which hook points with which static settings. Strengths,
+directions, tau and feature ids are inputs, so a sweep over them reuses the compiled step. Prefill
+runs the same functions eagerly.
+
+Edits reach this module as `Kernel`s: a module-level function plus its tensors (see `lm.kernel`),
+the same function the TransformerLens hook of that intervention calls, so eager and compiled paths
+share one implementation of every edit. The layer math follows HF's Llama/Qwen2 (RMSNorm in float32,
+rotate-half RoPE at per-row positions counted from each row's first real token, as HF's `generate`
+does with left padding).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import nn
+
+from lm.int8 import Int8, linear
+from lm.sampling import Sampler
+from lm.sources import cache_root
+
+
+@dataclass
+class LayerWeights:
+    ln1: torch.Tensor
+    wqkv: torch.Tensor  # [(n_q + 2 n_kv) d_head, d_model]: q, k, v projections stacked
+    bqkv: torch.Tensor | None
+    wo: torch.Tensor
+    ln2: torch.Tensor
+    wgu: torch.Tensor  # [2 d_mlp, d_model]: gate and up stacked
+    wdown: torch.Tensor
+
+
+@dataclass
+class DecodeModel:
+    """The weights of an HF Llama-family model laid out for the decode step (q/k/v and gate/up fused)."""
+    embed: torch.Tensor
+    layers: list[LayerWeights]
+    norm: torch.Tensor
+    lm_head: torch.Tensor
+    inv_freq: torch.Tensor
+    n_heads: int
+    n_kv: int
+    d_head: int
+    eps: float
+
+    def int8(self) -> "DecodeModel":
+        """The same model with every matrix (not the embedding lookup) as weight-only int8."""
+        def q(w):
+            return Int8.of(w) if w.ndim == 2 else w
+        layers = [LayerWeights(**{k: q(v) if v is not None else None for k, v in vars(lw).items()}) for lw in self.layers]
+        return DecodeModel(**{**vars(self), "layers": layers, "lm_head": Int8.of(self.lm_head)})
+
+    @classmethod
+    def from_hf(cls, hf: nn.Module) -> "DecodeModel":
+        cfg, base = hf.config, hf.model
+        layers = []
+        for layer in base.layers:
+            a, m = layer.self_attn, layer.mlp
+            biases = [p.bias for p in (a.q_proj, a.k_proj, a.v_proj)]
+            layers.append(LayerWeights(
+                ln1=layer.input_layernorm.weight.detach(),
+                wqkv=torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).contiguous(),
+                bqkv=torch.cat(biases).detach() if all(b is not None for b in biases) else None,
+                wo=a.o_proj.weight.detach(), ln2=layer.post_attention_layernorm.weight.detach(),
+                wgu=torch.cat([m.gate_proj.weight, m.up_proj.weight]).contiguous(), wdown=m.down_proj.weight.detach()))
+        d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return cls(embed=base.embed_tokens.weight.detach(), layers=layers, norm=base.norm.weight.detach(),
+                   lm_head=hf.lm_head.weight.detach(),
+                   inv_freq=base.rotary_emb.inv_freq.float(), n_heads=cfg.num_attention_heads,
+                   n_kv=cfg.num_key_value_heads, d_head=d_head, eps=cfg.rms_norm_eps)
+
+
+def rms_norm(x: Float[torch.Tensor, "... d"], w: Float[torch.Tensor, " d"], eps: float) -> Float[torch.Tensor, "... d"]:
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return w * h.to(x.dtype)
+
+
+def rope(x: Float[torch.Tensor, "b h s dh"], cos: Float[torch.Tensor, "b s dh"], sin: Float[torch.Tensor, "b s dh"]):
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None] + rot * sin[:, None]
+
+
+def rope_tables(inv_freq: Float[torch.Tensor, " half"], rope_pos: Int[torch.Tensor, "b s"], dtype: torch.dtype):
+    freqs = rope_pos[..., None].float() * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+SITES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
+
+
+def site_of(hook: str) -> tuple[int, str] | None:
+    """(layer, site) of a hook name the decode step can edit at; layer -1 for hook_embed; None otherwise."""
+    if hook == "hook_embed":
+        return -1, hook
+    parts = hook.split(".")
+    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2] in SITES:
+        return int(parts[1]), parts[2]
+    return None
+
+
+@dataclass
+class Edits:
+    """The kernels of one generation: per (layer, site) the kernels there, their position masks and state."""
+    kernels: list  # lm.kernel.Kernel, in hook order
+    masks: list[Bool[torch.Tensor, " total"]]  # per kernel: which absolute positions it edits
+    states: list[tuple]
+    at: dict[tuple[int, str], list[int]]  # (layer, site) -> kernel indices
+
+    @classmethod
+    def build(cls, kernels, prompt_len: int, total: int, batch: int, device) -> "Edits":
+        at: dict[tuple[int, str], list[int]] = {}
+        for i, k in enumerate(kernels):
+            at.setdefault(site_of(k.hook), []).append(i)
+        return cls(list(kernels), [k.where(prompt_len, total).to(device) for k in kernels],
+                   [k.init_state(batch, device) for k in kernels], at)
+
+    def layer(self, layer: int) -> "LayerEdits":
+        """What one layer's step needs: its kernels by site, their masks and states (a small value the
+        compiled layer step takes as input, so layers without edits share one program)."""
+        sites = tuple((site, tuple(self.at[(layer, site)])) for site in SITES if (layer, site) in self.at)
+        ids = [i for _, idx in sites for i in idx]
+        return LayerEdits(tuple(sites), tuple(self.kernels[i] for i in ids), tuple(self.masks[i] for i in ids),
+                          tuple(self.states[i] for i in ids), tuple(ids))
+
+    def update(self, le: "LayerEdits", states: tuple) -> None:
+        for i, st in zip(le.ids, states):
+            self.states[i] = st
+
+
+@dataclass
+class LayerEdits:
+    sites: tuple  # ((site, (kernel index, ...)), ...)
+    kernels: tuple
+    masks: tuple
+    states: tuple
+    ids: tuple
+
+    def apply(self, site: str, x, qpos, valid, states: list):
+        j0 = 0
+        for name, idx in self.sites:
+            if name == site:
+                for j in range(j0, j0 + len(idx)):
+                    y, states[j] = self.kernels[j](x, states[j], valid)
+                    x = torch.where(self.masks[j][qpos][None, :, None], y, x)
+                return x
+            j0 += len(idx)
+        return x
+
+
+NO_EDITS = LayerEdits((), (), (), (), ())
+
+
+def attention_mask(qpos: Int[torch.Tensor, " s"], first: Int[torch.Tensor, " b"], total: int
+                   ) -> Bool[torch.Tensor, "b 1 s total"]:
+    """Causal over real tokens; a padding query sees itself only (no all-masked rows, hence no NaN)."""
+    j = torch.arange(total, device=qpos.device)
+    causal = j[None, None, :] <= qpos[None, :, None]
+    real = (j[None, None, :] >= first[:, None, None]) | (j[None, None, :] == qpos[None, :, None])
+    return (causal & real)[:, None]
+
+
+def attend(q: Float[torch.Tensor, "b h s dh"], k: Float[torch.Tensor, "b kv t dh"], v: Float[torch.Tensor, "b kv t dh"],
+           mask: Bool[torch.Tensor, "b 1 s t"]) -> Float[torch.Tensor, "b h s dh"]:
+    """Grouped-query attention as two batched matmuls (each kv head serves h / kv query heads, as HF's
+    repeat_kv): for one query token CPU SDPA's flash kernel costs ~2 ms a layer at batch 32, this ~0.3."""
+    b, h, s, dh = q.shape
+    kv = k.shape[1]
+    g = h // kv
+    scores = ((q * dh ** -0.5).reshape(b, kv, g * s, dh) @ k.transpose(-1, -2)).view(b, kv, g, s, -1)
+    probs = scores.masked_fill(~mask[:, :, None], -math.inf).softmax(-1)
+    return (probs.view(b, kv, g * s, -1) @ v).view(b, h, s, dh)
+
+
+def layer_step(x: Float[torch.Tensor, "b s d"], w: LayerWeights, kc, vc, qpos: Int[torch.Tensor, " s"], cos, sin, mask,
+               valid: Bool[torch.Tensor, "b s"], edits: LayerEdits, n_heads: int, n_kv: int, d_head: int, eps: float,
+               upto: int | None = None):
+    """One decoder layer with its edits at hook_resid_pre / attn_out / mlp_out / resid_post; writes the
+    keys and values of positions `qpos` into the static caches kc, vc (attending to the first `upto`
+    positions only when given: the prefill needs no more)."""
+    b, s, _ = x.shape
+    states = list(edits.states)
+    x = edits.apply("hook_resid_pre", x, qpos, valid, states)
+    qkv = linear(rms_norm(x, w.ln1, eps), w.wqkv, w.bqkv)
+    q, k, v = qkv.split((n_heads * d_head, n_kv * d_head, n_kv * d_head), dim=-1)
+    q = rope(q.view(b, s, n_heads, d_head).transpose(1, 2), cos, sin)
+    kc.index_copy_(2, qpos, rope(k.view(b, s, n_kv, d_head).transpose(1, 2), cos, sin))
+    vc.index_copy_(2, qpos, v.view(b, s, n_kv, d_head).transpose(1, 2))
+    att = attend(q, kc, vc, mask) if upto is None else attend(q, kc[:, :, :upto], vc[:, :, :upto], mask)
+    a = linear(att.transpose(1, 2).reshape(b, s, n_heads * d_head), w.wo)
+    x = x + edits.apply("hook_attn_out", a, qpos, valid, states)
+    gate, up = linear(rms_norm(x, w.ln2, eps), w.wgu).chunk(2, dim=-1)
+    m = linear(F.silu(gate) * up, w.wdown)
+    x = x + edits.apply("hook_mlp_out", m, qpos, valid, states)
+    return edits.apply("hook_resid_post", x, qpos, valid, states), tuple(states)
+
+
+def head_step(x: Float[torch.Tensor, "b d"], norm, lm_head, eps: float, sampler: "Sampler", seen, allow_eos):
+    """Final norm, unembedding and the next-token draw."""
+    logits = linear(rms_norm(x, norm, eps), lm_head)
+    nxt, short = sampler(logits, seen, allow_eos)
+    return nxt, short, logits
+
+
+def forward(dm: DecodeModel, ids: Int[torch.Tensor, "b s"], qpos: Int[torch.Tensor, " s"], first: Int[torch.Tensor, " b"],
+            caches: list[tuple[torch.Tensor, torch.Tensor]], edits: Edits, layer_fn=layer_step, upto: int | None = None
+            ) -> Float[torch.Tensor, "b s d"]:
+    """The residual stream after the last layer; writes keys and values at `qpos` into the static caches."""
+    total = upto or caches[0][0].shape[2]
+    x = F.embedding(ids, dm.embed)
+    valid = qpos[None, :] > first[:, None]  # real text: no left padding, no attention sink
+    if (-1, "hook_embed") in edits.at:
+        for i in edits.at[(-1, "hook_embed")]:
+            y, edits.states[i] = edits.kernels[i](x, edits.states[i], valid)
+            x = torch.where(edits.masks[i][qpos][None, :, None], y, x)
+    cos, sin = rope_tables(dm.inv_freq, (qpos[None, :] - first[:, None]).clamp(min=0), x.dtype)
+    mask = attention_mask(qpos, first, total)
+    for i, (w, (kc, vc)) in enumerate(zip(dm.layers, caches)):
+        le = edits.layer(i) if edits.kernels else NO_EDITS
+        x, states = layer_fn(x, w, kc, vc, qpos, cos, sin, mask, valid, le, dm.n_heads, dm.n_kv, dm.d_head, dm.eps, upto)
+        edits.update(le, states)
+    return x
+
+
+def batch_bucket(b: int) -> int:
+    """Batch sizes the step is compiled for (rows past `b` are copies, discarded)."""
+    return 1 << (b - 1).bit_length() if b <= 32 else -(-b // 32) * 32
+
+
+def length_bucket(n: int, limit: int) -> int:
+    """Static cache lengths: multiples of 256, at most the context."""
+    return min(-(-n // 256) * 256, limit)
+
+
+_DECODE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # HF model -> {weights kind: DecodeModel}
+_STEP: dict[str, tuple] = {}  # device type -> the compiled (layer_step, head_step)
+COMPILES: dict[tuple, float] = {}  # structure key -> seconds its first (compiling) call took
+
+
+WEIGHTS = ("float", "int8")
+
+
+def decode_model(hf: nn.Module, weights: str = "float") -> DecodeModel:
+    """The HF model's weights in decode layout (`weights="int8"`: weight-only int8), built once per
+    model and kind, rebuilt if its embedding tensor changed."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights={weights!r}: use one of {WEIGHTS}.")
+    got = _DECODE.setdefault(hf, {})
+    if "float" not in got or got["float"].embed.data_ptr() != hf.get_input_embeddings().weight.data_ptr():
+        got.clear()
+        got["float"] = DecodeModel.from_hf(hf)
+    if weights not in got:
+        got[weights] = got["float"].int8()
+    return got[weights]
+
+
+def compiled_steps(device_type: str) -> tuple:
+    """(layer_step, head_step) compiled: one program per layer structure, shared by every layer with the
+    same edits (weights are inputs), so a 30-layer model compiles as fast as a one-layer one."""
+    if device_type not in _STEP:
+        # inductor's compiled kernels persist beside our other caches, so later processes start warm
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+        # CUDA graphs on GPU; on CPU a C++ wrapper around the kernels (less Python per call)
+        kw = dict(mode="reduce-overhead") if device_type == "cuda" else dict(options={"cpp_wrapper": True})
+        _STEP[device_type] = tuple(torch.compile(f, fullgraph=True, dynamic=False, **kw)
+                                   for f in (layer_step, head_step))
+    return _STEP[device_type]
+
+
+def padded_batch(ids: Int[torch.Tensor, "n s"], attention_mask: Int[torch.Tensor, "n s"]):
+    """Rows up to the batch bucket (copies of the last row, discarded afterwards)."""
+    extra = batch_bucket(ids.shape[0]) - ids.shape[0]
+    if extra:
+        ids = torch.cat([ids, ids[-1:].expand(extra, -1)])
+        attention_mask = torch.cat([attention_mask, attention_mask[-1:].expand(extra, -1)])
+    return ids, attention_mask
+
+
+def make_sampler(vocab: int, stops: list[int], temperature: float, top_p: float, penalty: float, device) -> Sampler:
+    eos = torch.zeros(vocab, dtype=torch.bool, device=device)
+    eos[torch.tensor(stops, device=device)] = True
+    f32 = dict(dtype=torch.float32, device=device)
+    return Sampler(temperature <= 0, torch.tensor(max(temperature, 1e-6), **f32), torch.tensor(top_p, **f32),
+                   torch.tensor(penalty, **f32), penalty != 1.0, eos)
+
+
+@torch.no_grad()
+def sample(dm: DecodeModel, ids: Int[torch.Tensor, "b s"], attention_mask: Int[torch.Tensor, "b s"], kernels: list,
+           *, max_new_tokens: int, min_new_tokens: int, temperature: float, top_p: float, repetition_penalty: float,
+           stops: list[int], pad_id: int, context: int, compiled: bool = True, trace: list | None = None
+           ) -> Int[torch.Tensor, "b n"]:
+    """Generated tokens per row (pad after a row's stop token), like HF `generate` without the prompt.
+
+    Prefill runs eagerly; each later token is one call of the layer and head steps, compiled unless
+    `compiled=False`. `trace`, a list, receives each step's raw logits (tests compare them with eager)."""
+    n0, s = ids.shape
+    dev, dtype = ids.device, dm.embed.dtype
+    ids, attention_mask = padded_batch(ids, attention_mask)
+    b, total = ids.shape[0], length_bucket(s + max_new_tokens, context)
+    first = (attention_mask == 0).sum(1)
+    caches = [(torch.zeros(b, dm.n_kv, total, dm.d_head, dtype=dtype, device=dev),
+               torch.zeros(b, dm.n_kv, total, dm.d_head, dtype=dtype, device=dev)) for _ in dm.layers]
+    edits = Edits.build(kernels, s, total, b, dev)
+    sampler = make_sampler(dm.embed.shape[0], stops, temperature, top_p, repetition_penalty, dev)
+    seen = torch.zeros(b, dm.embed.shape[0], dtype=torch.bool, device=dev)
+    if sampler.use_penalty:
+        seen.scatter_(1, ids, True)  # HF penalises every token of input_ids, left padding included
+    layer_fn, head_fn = compiled_steps(dev.type) if compiled else (layer_step, head_step)
+    key = (tuple(k.key() for k in kernels), b, total, dtype, dev.type, sampler.greedy, sampler.use_penalty,
+           len(dm.layers), tuple(dm.embed.shape), isinstance(dm.lm_head, Int8))
+    out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+    done = torch.zeros(b, dtype=torch.bool, device=dev)
+    stop_ids = sampler.eos.nonzero().squeeze(1)
+    n = 0
+    with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
+        for i in range(max_new_tokens):
+            allow = torch.tensor(i >= min_new_tokens, device=dev)
+            if i == 0:
+                x = forward(dm, ids, torch.arange(s, device=dev), first, caches, edits, upto=s)
+                nxt, short, logits = head_step(x[:, -1], dm.norm, dm.lm_head, dm.eps, sampler, seen, allow)
+            else:
+                t = time.perf_counter()
+                x = forward(dm, nxt[:, None], torch.tensor([s + i - 1], device=dev), first, caches, edits, layer_fn)
+                nxt, short, logits = head_fn(x[:, -1], dm.norm, dm.lm_head, dm.eps, sampler, seen, allow)
+                if compiled and i == 1 and key not in COMPILES:
+                    COMPILES[key] = time.perf_counter() - t
+                nxt = nxt.clone()  # CUDA graphs reuse their output buffers
+            if trace is not None:
+                trace.append(logits[:n0].float().clone())
+            if short.any():
+                nxt = torch.where(short, sampler.full_top_p(logits, seen, allow), nxt)
+            out[:, i] = nxt = torch.where(done, pad_id, nxt)
+            n = i + 1
+            if sampler.use_penalty:
+                seen.scatter_(1, nxt[:, None], True)
+            done |= torch.isin(nxt, stop_ids)
+            if bool(done[:n0].all()):
+                break
+    return out[:n0, :n]
