@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 
 from lm.batch import pad
-from lm.decode import Edits, decode_model, forward, rms_norm
+from lm.decode import decode_model, teacher_forced_logits
 from lm.fastpath import fast_path
 from lm.generate import GenerationConfig, generate
-from lm.int8 import linear
 
 
 @torch.no_grad()
@@ -22,13 +21,7 @@ def int8_agreement(model, prompts: list[str], n: int = 48) -> dict:
     seqs = [torch.cat([g.prompt_ids, g.ids]) for g in ref]
     ids, att, _ = pad(seqs, model.tokenizer.pad_token_id, side="left")
     s = ids.shape[1]
-    logits = {}
-    for kind in ("float", "int8"):
-        dm = decode_model(hf, kind)
-        caches = [(torch.zeros(len(seqs), dm.n_kv, s, dm.d_head), torch.zeros(len(seqs), dm.n_kv, s, dm.d_head))
-                  for _ in dm.layers]
-        x = forward(dm, ids, torch.arange(s), (att == 0).sum(1), caches, Edits.build([], s, s, len(seqs), "cpu"), upto=s)
-        logits[kind] = linear(rms_norm(x, dm.norm, dm.eps), dm.lm_head)
+    logits = {kind: teacher_forced_logits(decode_model(hf, kind), ids, att) for kind in ("float", "int8")}
     mask = torch.zeros_like(att, dtype=torch.bool)  # positions predicting a reply token
     for r, g in enumerate(ref):
         mask[r, s - len(g.ids) - 1: s - 1] = True

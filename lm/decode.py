@@ -20,7 +20,7 @@ import math
 import os
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +102,7 @@ def rope_tables(inv_freq: Float[torch.Tensor, " half"], rope_pos: Int[torch.Tens
 
 
 SITES = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
+ORDER = ("hook_embed", *SITES)  # where the forward meets each site within its layer
 
 
 def site_of(hook: str) -> tuple[int, str] | None:
@@ -115,55 +116,59 @@ def site_of(hook: str) -> tuple[int, str] | None:
 
 
 @dataclass
-class Edits:
-    """The kernels of one generation: per (layer, site) the kernels there, their position masks and state."""
-    kernels: list  # lm.kernel.Kernel, in hook order
-    masks: list[Bool[torch.Tensor, " total"]]  # per kernel: which absolute positions it edits
-    states: list[tuple]
-    at: dict[tuple[int, str], list[int]]  # (layer, site) -> kernel indices
-
-    @classmethod
-    def build(cls, kernels, prompt_len: int, total: int, batch: int, device) -> "Edits":
-        at: dict[tuple[int, str], list[int]] = {}
-        for i, k in enumerate(kernels):
-            at.setdefault(site_of(k.hook), []).append(i)
-        return cls(list(kernels), [k.where(prompt_len, total).to(device) for k in kernels],
-                   [k.init_state(batch, device) for k in kernels], at)
-
-    def layer(self, layer: int) -> "LayerEdits":
-        """What one layer's step needs: its kernels by site, their masks and states (a small value the
-        compiled layer step takes as input, so layers without edits share one program)."""
-        sites = tuple((site, tuple(self.at[(layer, site)])) for site in SITES if (layer, site) in self.at)
-        ids = [i for _, idx in sites for i in idx]
-        return LayerEdits(tuple(sites), tuple(self.kernels[i] for i in ids), tuple(self.masks[i] for i in ids),
-                          tuple(self.states[i] for i in ids), tuple(ids))
-
-    def update(self, le: "LayerEdits", states: tuple) -> None:
-        for i, st in zip(le.ids, states):
-            self.states[i] = st
-
-
-@dataclass
 class LayerEdits:
-    sites: tuple  # ((site, (kernel index, ...)), ...)
+    """One layer's kernels by site, their masks and states: a small value the compiled layer step takes
+    as input, so every layer without edits shares one program."""
+    sites: tuple  # ((site, number of kernels there), ...) in the order the forward meets them
     kernels: tuple
     masks: tuple
     states: tuple
-    ids: tuple
+    ids: tuple  # each kernel's index in Edits
 
     def apply(self, site: str, x, qpos, valid, states: list):
+        """Run the kernels at `site` on x, each on the positions its mask selects."""
         j0 = 0
-        for name, idx in self.sites:
+        for name, n in self.sites:
             if name == site:
-                for j in range(j0, j0 + len(idx)):
+                for j in range(j0, j0 + n):
                     y, states[j] = self.kernels[j](x, states[j], valid)
                     x = torch.where(self.masks[j][qpos][None, :, None], y, x)
                 return x
-            j0 += len(idx)
+            j0 += n
         return x
 
 
 NO_EDITS = LayerEdits((), (), (), (), ())
+
+
+@dataclass
+class Edits:
+    """The kernels of one generation, grouped once per layer (layer -1: hook_embed), and their state."""
+    states: list[tuple]  # per kernel, in hook order
+    layers: dict[int, LayerEdits]  # layers with edits; states there are refreshed by `layer`
+
+    @classmethod
+    def build(cls, kernels, prompt_len: int, total: int, batch: int, device) -> "Edits":
+        masks = [k.where(prompt_len, total).to(device) for k in kernels]
+        by_layer: dict[int, list[tuple[int, int, str]]] = {}
+        for i, k in enumerate(kernels):
+            layer, site = site_of(k.hook)
+            by_layer.setdefault(layer, []).append((ORDER.index(site), i, site))
+        layers = {}
+        for layer, items in by_layer.items():
+            ids = tuple(i for _, i, _ in sorted(items))  # by site, hook order within a site
+            sites = tuple((site, sum(1 for _, _, s in items if s == site)) for site in ORDER
+                          if any(s == site for _, _, s in items))
+            layers[layer] = LayerEdits(sites, tuple(kernels[i] for i in ids), tuple(masks[i] for i in ids), (), ids)
+        return cls([k.init_state(batch, device) for k in kernels], layers)
+
+    def layer(self, layer: int) -> LayerEdits:
+        le = self.layers.get(layer)
+        return NO_EDITS if le is None else replace(le, states=tuple(self.states[i] for i in le.ids))
+
+    def update(self, le: LayerEdits, states: tuple) -> None:
+        for i, st in zip(le.ids, states):
+            self.states[i] = st
 
 
 def attention_mask(qpos: Int[torch.Tensor, " s"], first: Int[torch.Tensor, " b"], total: int
@@ -224,14 +229,14 @@ def forward(dm: DecodeModel, ids: Int[torch.Tensor, "b s"], qpos: Int[torch.Tens
     total = upto or caches[0][0].shape[2]
     x = F.embedding(ids, dm.embed)
     valid = qpos[None, :] > first[:, None]  # real text: no left padding, no attention sink
-    if (-1, "hook_embed") in edits.at:
-        for i in edits.at[(-1, "hook_embed")]:
-            y, edits.states[i] = edits.kernels[i](x, edits.states[i], valid)
-            x = torch.where(edits.masks[i][qpos][None, :, None], y, x)
+    le = edits.layer(-1)
+    states = list(le.states)
+    x = le.apply("hook_embed", x, qpos, valid, states)
+    edits.update(le, tuple(states))
     cos, sin = rope_tables(dm.inv_freq, (qpos[None, :] - first[:, None]).clamp(min=0), x.dtype)
     mask = attention_mask(qpos, first, total)
     for i, (w, (kc, vc)) in enumerate(zip(dm.layers, caches)):
-        le = edits.layer(i) if edits.kernels else NO_EDITS
+        le = edits.layer(i)
         x, states = layer_fn(x, w, kc, vc, qpos, cos, sin, mask, valid, le, dm.n_heads, dm.n_kv, dm.d_head, dm.eps, upto)
         edits.update(le, states)
     return x
@@ -282,6 +287,23 @@ def compiled_steps(device_type: str) -> tuple:
     return _STEP[device_type]
 
 
+def empty_caches(dm: DecodeModel, batch: int, total: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Zeroed static key and value caches, one pair per layer."""
+    shape = (batch, dm.n_kv, total, dm.d_head)
+    return [(torch.zeros(shape, dtype=dm.embed.dtype, device=device),
+             torch.zeros(shape, dtype=dm.embed.dtype, device=device)) for _ in dm.layers]
+
+
+@torch.no_grad()
+def teacher_forced_logits(dm: DecodeModel, ids: Int[torch.Tensor, "b s"], attention_mask: Int[torch.Tensor, "b s"]
+                          ) -> Float[torch.Tensor, "b s vocab"]:
+    """Next-token logits at every position of left-padded `ids`, unsteered (eager, for comparisons)."""
+    b, s = ids.shape
+    x = forward(dm, ids, torch.arange(s, device=ids.device), (attention_mask == 0).sum(1),
+                empty_caches(dm, b, s, ids.device), Edits.build([], s, s, b, ids.device), upto=s)
+    return linear(rms_norm(x, dm.norm, dm.eps), dm.lm_head)
+
+
 def padded_batch(ids: Int[torch.Tensor, "n s"], attention_mask: Int[torch.Tensor, "n s"]):
     """Rows up to the batch bucket (copies of the last row, discarded afterwards)."""
     extra = batch_bucket(ids.shape[0]) - ids.shape[0]
@@ -313,8 +335,7 @@ def sample(dm: DecodeModel, ids: Int[torch.Tensor, "b s"], attention_mask: Int[t
     ids, attention_mask = padded_batch(ids, attention_mask)
     b, total = ids.shape[0], length_bucket(s + max_new_tokens, context)
     first = (attention_mask == 0).sum(1)
-    caches = [(torch.zeros(b, dm.n_kv, total, dm.d_head, dtype=dtype, device=dev),
-               torch.zeros(b, dm.n_kv, total, dm.d_head, dtype=dtype, device=dev)) for _ in dm.layers]
+    caches = empty_caches(dm, b, total, dev)
     edits = Edits.build(kernels, s, total, b, dev)
     sampler = make_sampler(dm.embed.shape[0], stops, temperature, top_p, repetition_penalty, dev)
     seen = torch.zeros(b, dm.embed.shape[0], dtype=torch.bool, device=dev)

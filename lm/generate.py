@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from lm.batch import pad
 from lm.chat import Conversation, as_conversation, render
+from lm.decode import decode_model, sample, site_of
 from lm.fastpath import fast_path
 from lm.kernel import kernel_of
 
@@ -141,8 +142,6 @@ def hooked_runner(model, fwd_hooks=(), stop_after_layer: int | None = None):
 
 def compiled_kernels(model, fwd_hooks, device) -> tuple[list | None, str]:
     """The hooks' kernels when the compiled decode step can run them all, else (None, why not)."""
-    from lm.decode import site_of
-
     fp = fast_path(model)
     if fp.hf is None:
         return None, f"architecture {fp.model_type!r} has no compiled decode step"
@@ -221,7 +220,8 @@ def generate(
         ids, att, _ = pad(chunk, tok.pad_token_id, side="left")
         ids, att = ids.to(device), att.to(device)
         torch.manual_seed(cfg.seed + b)  # per-batch seed: reproducible for a fixed batching
-        new = (_compiled if kernels is not None else _eager)(model, ids, att, cfg, stops, fwd_hooks, kernels, n_ctx)
+        new = (_compiled(model, ids, att, cfg, stops, kernels, n_ctx) if kernels is not None
+               else _eager(model, ids, att, cfg, stops, fwd_hooks))
         for j, row in enumerate(new.cpu()):
             ends = [k for k, t in enumerate(row.tolist()) if t in stops]
             gen = row[: ends[0]] if ends else row
@@ -230,7 +230,7 @@ def generate(
     return out
 
 
-def _eager(model, ids, att, cfg: GenerationConfig, stops, fwd_hooks, kernels, n_ctx) -> Int[torch.Tensor, "b n"]:
+def _eager(model, ids, att, cfg: GenerationConfig, stops, fwd_hooks) -> Int[torch.Tensor, "b n"]:
     """HF `generate` on the hooked runner: the fallback engine."""
     sample = cfg.temperature > 0
     with torch.no_grad(), hooked_runner(model, fwd_hooks) as runner, \
@@ -245,10 +245,8 @@ def _eager(model, ids, att, cfg: GenerationConfig, stops, fwd_hooks, kernels, n_
     return seqs[:, ids.shape[1]:]
 
 
-def _compiled(model, ids, att, cfg: GenerationConfig, stops, fwd_hooks, kernels, n_ctx) -> Int[torch.Tensor, "b n"]:
+def _compiled(model, ids, att, cfg: GenerationConfig, stops, kernels, n_ctx) -> Int[torch.Tensor, "b n"]:
     """`lm.decode.sample` with the hooks' kernels inside the compiled step."""
-    from lm.decode import decode_model, sample
-
     return sample(decode_model(fast_path(model).hf, cfg.weights), ids, att, kernels, max_new_tokens=cfg.max_new_tokens,
                   min_new_tokens=cfg.min_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                   repetition_penalty=cfg.repetition_penalty, stops=stops, pad_id=model.tokenizer.pad_token_id,

@@ -15,7 +15,7 @@ Which positions are edited is the kernel's `where(prompt_len, total)` mask, appl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -40,7 +40,6 @@ class Kernel:
     static: tuple = ()  # hashable settings baked into the compiled program (modes, window, k)
     where: Callable[[int, int], Bool[torch.Tensor, " total"]] = everywhere  # (prompt_len, total) -> positions
     init_state: Callable[[int, object], tuple] = no_state  # (batch, device) -> initial state
-    name: str = field(default="edit")  # for messages
 
     def __call__(self, x: Float[torch.Tensor, "b s d"], state: tuple = (),
                  valid: Bool[torch.Tensor, "b s"] | None = None) -> tuple[Float[torch.Tensor, "b s d"], tuple]:

@@ -31,7 +31,7 @@ from lm.harvest import forward_batch
 from saes.pretrained import DEFAULT_NAME, PRETRAINED_DIR
 
 __all__ = ["DEFAULT_SAE", "REGISTRY_PREFIX", "FeatureIdError", "check_editable", "check_features", "check_sae",
-           "feature_id", "decoder_rows", "encode", "feature_acts", "feature_reader", "topk_parts", "topk_read", "load_registry_sae", "load_sae", "on_device",
+           "feature_id", "decoder_rows", "encode", "feature_acts", "feature_reader", "encoder_data", "read_sae", "topk_parts", "topk_read", "load_registry_sae", "load_sae", "on_device",
            "registry_id", "sae_digest", "sae_hook", "sae_path"]
 
 DEFAULT_SAE: Path = PRETRAINED_DIR / DEFAULT_NAME  # absolute, so notebooks run from notebooks/ find it
@@ -348,23 +348,32 @@ def topk_read(x: Float[torch.Tensor, "... d_in"], enc: tuple[torch.Tensor, ...],
     return f, a_max, proj
 
 
+def encoder_data(sae) -> tuple[tuple[torch.Tensor, ...], tuple]:
+    """How feature reads reach the SAE's encoder, as (tensors, static source): a plain TopK encoder as
+    tensors (`topk_parts`, source ("topk", k)), else the SAE itself (source ("sae", sae)), whose own
+    encode runs eagerly; the compiled decode step cannot trace it."""
+    parts = topk_parts(sae)
+    return ((), ("sae", sae)) if parts is None else (parts[0], ("topk", parts[1]))
+
+
+def read_sae(x: Float[torch.Tensor, "... d_in"], enc: tuple[torch.Tensor, ...], source: tuple,
+             idx: Int[torch.Tensor, " n"] | None = None, axis: Float[torch.Tensor, " d_sae"] | None = None):
+    """`topk_read`'s (features idx, a_max, <encode(x), axis>) from `encoder_data`'s form, for any SAE."""
+    if source[0] == "topk":
+        return topk_read(x, enc, source[1], idx, axis)
+    full = source[1].encode(x)
+    return (full[..., idx] if idx is not None else None, full.amax(-1), full @ axis if axis is not None else None)
+
+
 def feature_reader(sae, idx: Int[torch.Tensor, " k"], with_max: bool = False
                    ) -> Callable[[torch.Tensor], Float[torch.Tensor, "... k"]]:
     """A function x -> activations of features `idx` only, equal to `sae.encode(x)[..., idx]`; with
     `with_max`, x -> (those, the largest activation of any feature per token: Arad et al.'s a_max).
     Plain TopK SAEs go through `topk_read`; anything else through the SAE's own encode."""
-    parts = topk_parts(sae)
-    if parts is None:
-        if with_max:
-            def read_full(x):
-                f = sae.encode(x)
-                return f[..., idx], f.amax(-1)
-            return read_full
-        return lambda x: sae.encode(x)[..., idx]
-    enc, k = parts
+    enc, source = encoder_data(sae)
 
     def read(x):
-        f, a_max, _ = topk_read(x, enc, k, idx)
+        f, a_max, _ = read_sae(x, enc, source, idx)
         return (f, a_max) if with_max else f
     return read
 

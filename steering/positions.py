@@ -108,7 +108,7 @@ def edit_hook(kernel: Kernel, positions: Positions, d: int, what: str):
     same edit inside its compiled decode step; a stateful kernel (a windowed cap) keeps its state
     per generation batch through `steering.window.carry`."""
     select = Selector(positions)
-    kernel.where, kernel.name = position_mask(select.positions), what
+    kernel.where = position_mask(select.positions)
     stateful = kernel.init_state is not no_state
     if stateful and select.positions != "all":
         raise ValueError(f"{what}: an edit that carries state across tokens needs positions='all'.")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 
-from saes.access import decoder_rows, topk_parts, topk_read
+from saes.access import decoder_rows, encoder_data, read_sae
 from steering.window import WindowMean
 
 MODES = ("floor", "ceiling")
@@ -73,12 +73,8 @@ class Projection:
         """What `per_token` reads, as (tensors, static settings): the data form a compiled step traces."""
         if self.sae is None:
             return (self.direction.to(device, dtype),), ("raw",)
-        a = self.direction.to(self.sae.W_dec.device, self.sae.W_dec.dtype)
-        topk = topk_parts(self.sae)
-        if topk is None:
-            return (a,), ("sae", self.sae)
-        enc, k = topk
-        return (*enc, a), ("topk", k)
+        enc, source = encoder_data(self.sae)
+        return (*enc, self.direction.to(self.sae.W_dec.device, self.sae.W_dec.dtype)), source
 
     def measurer(self, device: torch.device, dtype: torch.dtype
                  ) -> Callable[[Float[torch.Tensor, "b s d"]], Float[torch.Tensor, "b s"]]:
@@ -103,11 +99,8 @@ class Projection:
 
 
 def per_token(x: Float[torch.Tensor, "b s d"], params: tuple[torch.Tensor, ...], static: tuple) -> Float[torch.Tensor, "b s"]:
-    """Each token's projection from `Projection.parts`: <h, v>, or <encode(h), a> (TopK read, or the SAE's encode)."""
-    kind = static[0]
-    if kind == "raw":
+    """Each token's projection from `Projection.parts`: <h, v>, or <encode(h), a> through `read_sae`."""
+    if static[0] == "raw":
         return x @ params[0]
     a = params[-1]
-    if kind == "topk":
-        return topk_read(x.to(a.dtype), params[:-1], static[1], axis=a)[2]
-    return static[1].encode(x.to(a.dtype)) @ a
+    return read_sae(x.to(a.dtype), params[:-1], static, axis=a)[2]

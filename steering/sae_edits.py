@@ -15,8 +15,8 @@ import torch
 
 from features.latents import NORMS, concept_max_activations, sae_norms
 from lm.kernel import Kernel
-from saes.access import (check_editable, check_features, check_sae, decoder_rows, feature_id, load_sae, on_device,
-                         sae_path, topk_parts, topk_read)
+from saes.access import (check_editable, check_features, check_sae, decoder_rows, encoder_data, feature_id, load_sae,
+                         on_device, read_sae, sae_path)
 from steering.intervention import Intervention, check_finite, model_place
 from steering.positions import Positions, check_positions, edit_hook
 
@@ -53,35 +53,19 @@ class _FeatureEdit(Intervention):
         return [(hook, edit_hook(kernel, self.positions, sae.cfg.d_in, type(self).__name__))]
 
 
-def encoder_data(sae) -> tuple[tuple[torch.Tensor, ...], tuple]:
-    """The SAE encoder a feature edit reads: a plain TopK encoder as tensors (`topk_parts`), else the
-    SAE itself as a static setting (its hook runs eagerly; the compiled decode step cannot trace it)."""
-    parts = topk_parts(sae)
-    return ((), ("sae", sae)) if parts is None else (parts[0], ("topk", parts[1]))
-
-
-def read_features(x, enc: tuple, source: tuple, idx, with_max: bool = False):
-    """Features `idx` of x (and a_max) from `encoder_data`'s form."""
-    if source[0] == "topk":
-        f, a_max, _ = topk_read(x, enc, source[1], idx)
-        return (f, a_max) if with_max else f
-    full = source[1].encode(x)
-    return (full[..., idx], full.amax(-1)) if with_max else full[..., idx]
-
-
 def clamp_edit(x, params, state, valid, mode, *source):
     """The kernel of `Clamp`: params = (*encoder tensors, feature ids, decoder rows, values)."""
     *enc, idx, rows, values = params
     if mode == "project":
         return OPS[mode](x, None, None, rows, values), state
-    f, a_max = read_features(x.to(rows.dtype), tuple(enc), source, idx, with_max=True)
+    f, a_max, _ = read_sae(x.to(rows.dtype), tuple(enc), source, idx)
     return OPS[mode](x, f, a_max, rows, values), state
 
 
 def scale_edit(x, params, state, valid, *source):
     """The kernel of `Scale`: params = (*encoder tensors, feature ids, decoder rows, factor - 1)."""
     *enc, idx, rows, k = params
-    f = read_features(x.to(rows.dtype), tuple(enc), source, idx)
+    f = read_sae(x.to(rows.dtype), tuple(enc), source, idx)[0]
     return x + ((k * f) @ rows).to(x.dtype), state
 
 

@@ -187,15 +187,9 @@ def test_candidate_top_p_keeps_what_the_full_sort_keeps(scale):
 def test_int8_weights_are_an_option_close_to_float(tiny):
     ids, att = batch(tiny)
     hf = fast_path(tiny).hf
-    from lm.decode import DecodeModel, Edits, forward, head_step
+    from lm.decode import DecodeModel, teacher_forced_logits
 
-    out = {}
-    for kind in ("float", "int8"):
-        dm = decode_model(hf, kind)
-        caches = [(torch.zeros(2, dm.n_kv, 256, dm.d_head), torch.zeros(2, dm.n_kv, 256, dm.d_head)) for _ in dm.layers]
-        with torch.no_grad():
-            x = forward(dm, ids, torch.arange(ids.shape[1]), (att == 0).sum(1), caches, Edits.build([], ids.shape[1], 256, 2, "cpu"))
-        out[kind] = torch.nn.functional.linear(x[:, -1], hf.lm_head.weight)
+    out = {kind: teacher_forced_logits(decode_model(hf, kind), ids, att)[:, -1] for kind in ("float", "int8")}
     assert isinstance(decode_model(hf, "int8"), DecodeModel) and decode_model(hf, "int8") is decode_model(hf, "int8")
     rel = (out["int8"] - out["float"]).norm() / out["float"].norm()
     assert 0 < rel < 0.05
