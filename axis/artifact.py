@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from lm.io import read_json, save_tensors, write_json
 from lm.model import model_hash
 
-from axis.compute import unit
+from axis.compute import check_calibration, from_grid, unit
 
 FILES = ("axis.safetensors", "axis.json")
 
@@ -76,10 +76,18 @@ class AssistantAxis:
         p = self.projections[self.kept, layer]
         return p[~p.isnan()]
 
-    def tau(self, layer: int, percentile: float) -> float:
-        """The cap threshold at `layer`: a percentile (0-100) of the pooled per-rollout projections."""
+    def tau(self, layer: int, percentile: float, calibration: str = "rollout") -> float:
+        """The cap threshold at `layer`: a percentile (0-100) of the pooled per-rollout projections, or
+        with calibration="token" of the per-token ones (`axis.calibration`)."""
         if not (isinstance(percentile, (int, float)) and 0 <= percentile <= 100):
             raise ValueError(f"percentile must be within 0-100, got {percentile!r}.")
+        if check_calibration(calibration) == "token":
+            grid = self.extra.get("token_quantiles")
+            if grid is None:
+                raise ValueError("This axis has no per-token calibration; rebuild it (steerlens axis ... --out DIR "
+                                 "reuses its cached rollouts).")
+            (layer,) = self.check_layers(layer)
+            return from_grid(grid[layer], percentile)
         p = self.pooled(layer)
         if p.numel() == 0:
             raise ValueError("This axis has no stored rollout projections to take a percentile of.")

@@ -15,17 +15,19 @@ from typing import NamedTuple
 import torch
 from jaxtyping import Bool, Float
 
+from lm.engines import check_backend
 from lm.generate import GenerationConfig
-from lm.io import write_json
+from lm.io import read_json, write_json
 from lm.model import model_hash
 from lm.sources import EMBEDDED
 from saes.access import load_sae, sae_hook
 
 from axis import data
 from axis.artifact import AssistantAxis
+from axis.calibration import calibrate
 from axis.compute import (assistant_axis, cosine, default_mean, layer_projections, pca, pick_monitor_layer,
                           role_means, separation)
-from axis.rollouts import DEFAULT, RolloutSpec, generate_rollouts, harvest_rollouts, make_specs, save_transcripts
+from axis.rollouts import DEFAULT, RolloutSpec, engine_check, generate_rollouts, harvest_rollouts, make_specs, save_transcripts
 from axis.sae_basis import feature_axis_from, feature_means, raw_layer
 
 FILTERS = ("assistant_lexicon", "none")
@@ -44,6 +46,7 @@ class AxisConfig:
     top_p: float = 0.9
     seed: int = 0
     gen_batch_size: int = 32
+    backend: str = "hf"  # rollout engine (lm.engines): "hf", "llama.cpp" or a llama.cpp server URL
     harvest_batch_size: int = 16
     chunk_size: int = 128  # rollouts per cache chunk (at least one generation batch)
     adherence_filter: str = "assistant_lexicon"
@@ -53,8 +56,11 @@ class AxisConfig:
     band_saes: list[str] = field(default_factory=list)  # more SAEs (one per capping-band layer)
     feature_stats: str | None = None  # a features analysis directory with labels (optional)
     top_features: int = 20
+    engine_check: int = 64  # specs sampled by both engines when backend is not "hf" (0: skip)
+    calibration_rollouts: int = 800  # rollouts whose response tokens calibrate per-token taus (0: none)
 
     def __post_init__(self):
+        check_backend(self.backend)
         if self.adherence_filter not in FILTERS:
             raise ValueError(f"adherence_filter must be one of {FILTERS}, got {self.adherence_filter!r}.")
         for k in ("roles_per_category", "prompts_per_role", "n_questions"):
@@ -124,6 +130,15 @@ def build_axis(model, cfg: AxisConfig, out_dir: str | Path, progress: bool = Tru
                            stats=stats, config={**cfg.to_dict(), "generation": gen.to_dict()})
     if cfg.sae or cfg.band_saes:
         _add_feature_axes(result, model, cfg, ro, raw.scored, progress)
+    if cfg.backend != "hf" and cfg.engine_check:  # the faster engine samples as ours does (on a spread sample)
+        step = max(1, len(specs) // cfg.engine_check)
+        stats["engine_check"] = engine_check(model, specs[::step][:cfg.engine_check], gen, cfg.backend)
+    if cfg.calibration_rollouts:
+        stats["token_calibration"] = calibrate(model, result, ro.specs, ro.texts, n_max=cfg.calibration_rollouts,
+                                               batch_size=cfg.harvest_batch_size, seed=cfg.seed, progress=progress)
+    stats["build_seconds"] = {"this_run": round(time.time() - t0, 1), **{
+        f"{k}_cumulative": read_json(out / k / "seconds.json") for k in ("rollouts", "activations")
+        if (out / k / "seconds.json").is_file()}}
     _save(result, out)
     return result
 
@@ -132,7 +147,7 @@ def _roll_out(model, cfg: AxisConfig, roles: list, specs: list[RolloutSpec], gen
               progress: bool) -> _Rollouts:
     """Generate and harvest (both cached under `out`), apply the adherence filter, save transcripts."""
     chunk = max(cfg.chunk_size, cfg.gen_batch_size)
-    records = generate_rollouts(model, specs, gen, out / "rollouts", chunk, progress)
+    records = generate_rollouts(model, specs, gen, out / "rollouts", chunk, progress, cfg.backend)
     texts = {s.id: records[s.id]["text"] for s in specs}
     acts = harvest_rollouts(model, specs, texts, out / "activations", cfg.harvest_batch_size, progress=progress)
     by_role = {r.name: r for r in roles}

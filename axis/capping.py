@@ -7,7 +7,9 @@ interventions themselves are `steering.Cap` / `steering.SAECap`; this module pic
 
 `CapConfig.window`/`gain` are our extension (steering.window): measure the mean projection over
 the last W tokens, the statistic tau is calibrated on, and push every token by gain x its shortfall.
-window=0, gain=1 is the paper's cap.
+window=0, gain=1 is the paper's cap. `calibration="token"` takes tau from per-token projections
+(axis.calibration), what a per-token cap compares; `trigger` (a lower percentile) makes the cap
+conditional: it engages once the measure falls below the trigger and releases back at tau.
 
 A good cap is gentle: it should be inactive on most tokens of ordinary assistant answers. We count
 that with a plain TransformerLens hook registered just before each cap at the same hook point
@@ -26,11 +28,12 @@ from lm.batch import pad
 from lm.chat import render
 from lm.harvest import forward_batch
 from steering import Cap, SAECap, Steering
-from steering.intervention import model_place
-from steering.projection import check_mode, check_percentile, check_window, shortfall
+from steering.caps import cap_shortfall
+from steering.projection import check_mode, check_percentile, check_window
+from steering.window import carry, text_tokens
 
 from axis.artifact import AssistantAxis
-from axis.compute import unit
+from axis.compute import check_calibration, unit
 
 
 def default_band(n_layers: int) -> list[int]:
@@ -66,6 +69,8 @@ class CapConfig:
     # layer, or with `layers` set, at each of those layers through its band SAE
     window: int = 0  # 0: each token's projection (the paper); W: mean over the last W tokens (steering.window)
     gain: float = 1.0  # push = gain x shortfall below tau (1 = the paper's lift to tau)
+    calibration: str = "rollout"  # tau from per-rollout means (the paper) or per-token projections (axis.calibration)
+    trigger: float | None = None  # conditional cap: engage below this percentile, release back at tau
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,12 +80,17 @@ def cap_interventions(axis: AssistantAxis, cfg: CapConfig, sae=None) -> list[Cap
     """One cap per band layer (raw basis, or SAE basis through each layer's band SAE), or one SAE-basis
     cap at the axis's own SAE; tau is the config's percentile of the stored rollout projections."""
     pct = check_percentile(cfg.percentile)
+    trig = None if cfg.trigger is None else check_percentile(cfg.trigger, "trigger")
+    if trig is not None and (trig > pct if cfg.mode == "floor" else trig < pct):
+        raise ValueError(f"trigger percentile {trig:g} must lie {'below' if cfg.mode == 'floor' else 'above'} "
+                         f"the cap percentile {pct:g}: the cap engages past the trigger and releases at tau.")
     w, g = check_window(cfg.window, cfg.gain)
     check_mode(cfg.mode)
+    cal = check_calibration(cfg.calibration)
     if cfg.basis == "raw":
         layers = axis.check_layers(cfg.layers or default_band(axis.n_layers))
-        return [Cap(f"blocks.{l}.hook_resid_post", axis.unit(l), axis.tau(l, pct), cfg.mode, window=w, gain=g)
-                for l in layers]
+        return [Cap(f"blocks.{l}.hook_resid_post", axis.unit(l), axis.tau(l, pct, cal), cfg.mode, window=w, gain=g,
+                    trigger=None if trig is None else axis.tau(l, trig, cal)) for l in layers]
     if cfg.basis == "sae":
         if cfg.layers:  # one SAE per band layer (AssistantAxis.feature_band)
             fas = [(axis.feature_at(l), None) for l in axis.check_layers(cfg.layers)]
@@ -88,8 +98,8 @@ def cap_interventions(axis: AssistantAxis, cfg: CapConfig, sae=None) -> list[Cap
             raise ValueError("This axis has no SAE-basis axis; compute it with scripts/compute_axis.py --sae DIR.")
         else:
             fas = [(axis.feature, sae)]
-        return [SAECap(fa.get_sae(s), unit(fa.feature_axis), fa.tau(pct), cfg.mode, hook=fa.hook_name, window=w, gain=g)
-                for fa, s in fas]
+        return [SAECap(fa.get_sae(s), unit(fa.feature_axis), fa.tau(pct, cal), cfg.mode, hook=fa.hook_name, window=w,
+                       gain=g, trigger=None if trig is None else fa.tau(trig, cal)) for fa, s in fas]
     raise ValueError(f"basis must be 'raw' or 'sae', got {cfg.basis!r}.")
 
 
@@ -100,10 +110,11 @@ def capping(axis: AssistantAxis, cfg: CapConfig, sae=None) -> tuple[Steering, li
 
 
 class CapMonitor:
-    """Per capped hook, which tokens of the last forward had their projection on the wrong side of tau.
+    """Per capped hook, which tokens of the last forward the cap pushed (shortfall > 0, and engaged
+    for a conditional cap).
 
-    It measures through each cap's own `Projection` (a fresh window history of its own), so it
-    counts exactly what the cap compares with tau."""
+    It runs each cap's own rule (`steering.caps.cap_shortfall` on the cap's kernel) with a state of
+    its own, so it counts exactly where the cap acts."""
 
     def __init__(self, caps: list[Cap | SAECap]):
         self.caps = caps
@@ -111,14 +122,18 @@ class CapMonitor:
         self.watched: list[str] = []  # the hook points watched, set by hooks()
 
     def _hook(self, model, cap):
-        name, proj = cap.bind(model)
-        measure = proj.measurer(*model_place(model))
+        k = cap.kernel(model)
+        owner = object()  # the monitor's own window and switch history, apart from the cap's
 
         def count(x, hook):
+            b, s = x.shape[:2]
+            valid = text_tokens(b, s, x.device)
             with torch.no_grad():
-                self.active[name] = (shortfall(measure(x), cap.tau, cap.mode) > 0).cpu()
+                short = carry(owner, b, x.device, k.init_state,
+                              lambda state: cap_shortfall(x, k.params, state, valid, *k.static))
+            self.active[k.hook] = (short > 0).cpu()
             return x
-        return name, count
+        return k.hook, count
 
     def hooks(self, model, steering: Steering) -> list:
         """Monitor hooks interleaved before the caps they watch (same hook point, registered first)."""

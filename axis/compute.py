@@ -128,3 +128,26 @@ def pick_monitor_layer(d_prime: Float[torch.Tensor, " layers"]) -> int:
     n = len(d_prime)
     inner = d_prime[1:n - 1] if n > 2 else d_prime
     return int(inner.nan_to_num(float("-inf")).argmax()) + (1 if n > 2 else 0)
+
+
+# ----- cap thresholds from a quantile grid (axis.calibration) -----
+
+GRID = torch.linspace(0, 1, 101, dtype=torch.float64)
+CALIBRATIONS = ("rollout", "token")
+
+
+def check_calibration(calibration: str) -> str:
+    if calibration not in CALIBRATIONS:
+        raise ValueError(f"calibration={calibration!r}: use 'rollout' (percentiles of per-rollout means, the paper) "
+                         "or 'token' (of per-token projections, what a per-token cap compares).")
+    return calibration
+
+
+def from_grid(grid: Float[torch.Tensor, " 101"], percentile: float) -> float:
+    """The percentile read off a 0..100 quantile grid (linear between whole percentiles)."""
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be within 0-100, got {percentile!r}.")
+    pct = float(percentile)
+    lo = min(int(pct), 99)
+    w = pct - lo
+    return float(grid[lo] * (1 - w) + grid[lo + 1] * w)

@@ -1,9 +1,10 @@
 """The project-written banks behind the Assistant Axis, loaded with checks, and judge-free scoring.
 
 `axis/data/` holds the role bank, extraction questions, neutral default-Assistant prompts, drift
-conversations, persona jailbreaks, held-out identity prompts, multiple-choice questions and the
-regex lexicons (`identity_patterns.json`) that stand in for the paper's LLM judge. Everything is
-validated on load so a malformed bank fails at once with the file and entry named.
+conversations, persona jailbreaks (each with a written compliant and refusal reply), held-out
+identity prompts, multiple-choice questions and the regex lexicons (`identity_patterns.json`) that
+stand in for the paper's LLM judge. Everything is validated on load so a malformed bank fails at
+once with the file and entry named.
 """
 
 from __future__ import annotations
@@ -101,6 +102,27 @@ def load_jailbreaks(path=None) -> list[dict]:
     for i, j in enumerate(raw):
         if not j.get("system") or not j.get("user"):
             raise ValueError(f"{p}: jailbreak {i} needs 'system' and 'user'.")
+    return raw
+
+
+REPLY_KEYS = ("system", "user", "compliant", "refusal")
+
+
+def load_jailbreak_replies(path=None, jailbreaks_path=None) -> list[dict]:
+    """A written compliant and refusal reply per persona jailbreak, entry by entry in jailbreaks.json's
+    order, for the teacher-forced refusal log-odds (`axis.evals.refusal_log_odds`)."""
+    p, raw = _load("jailbreak_replies.json", path)
+    jail = load_jailbreaks(jailbreaks_path)
+    if not isinstance(raw, list) or len(raw) != len(jail):
+        n = len(raw) if isinstance(raw, list) else "no list"
+        raise ValueError(f"{p} has {n} entries but jailbreaks.json has {len(jail)}: "
+                         "write one reply pair per jailbreak.")
+    for i, (r, j) in enumerate(zip(raw, jail)):
+        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) and r[k].strip() for k in REPLY_KEYS):
+            raise ValueError(f"{p}: entry {i} needs non-empty strings {REPLY_KEYS}.")
+        if (r["system"], r["user"]) != (j["system"], j["user"]):
+            raise ValueError(f"{p}: entry {i} does not match jailbreaks.json entry {i} (system/user differ); "
+                             "keep the two files in the same order with system and user copied exactly.")
     return raw
 
 

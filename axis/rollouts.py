@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ from tqdm.auto import tqdm
 
 from lm.batch import pad
 from lm.chat import as_conversation, render
-from lm.generate import GenerationConfig, generate
+from lm.engines import engine_name, replies
+from lm.generate import GenerationConfig
 from lm.harvest import HarvestConfig, harvest
 from lm.io import file_lock, read_json, save_tensors, write_json
 from lm.model import model_hash
@@ -104,6 +106,16 @@ class ChunkCache:
     def chunks(self) -> list[Path]:
         return sorted(self.root.glob(f"chunk_*{self.suffix}"))
 
+    def add_seconds(self, seconds: float, n: int) -> None:
+        """Accumulate the compute time of this cache's chunks (seconds.json), across resumed runs."""
+        path = self.root / "seconds.json"
+        t = read_json(path) if path.is_file() else {"seconds": 0.0, "n": 0}
+        write_json(path, {"seconds": round(t["seconds"] + seconds, 1), "n": t["n"] + n})
+
+    def seconds(self) -> dict | None:
+        path = self.root / "seconds.json"
+        return read_json(path) if path.is_file() else None
+
     def next_path(self) -> Path:
         done = self.chunks()
         n = int(done[-1].name.split("_")[1].split(".")[0]) + 1 if done else 0
@@ -111,25 +123,55 @@ class ChunkCache:
 
 
 def generate_rollouts(model, specs: list[RolloutSpec], gen: GenerationConfig, cache_dir: str | Path,
-                      chunk_size: int = 256, progress: bool = True) -> dict[str, dict]:
-    """Sampled replies for every spec (cached); returns {rollout id: {'text', 'finished', 'n_gen_tokens'}}."""
-    with ChunkCache(cache_dir, {"model": model_hash(model), **gen.to_dict(), "batch_size": None}, ".json") as cache:
+                      chunk_size: int = 256, progress: bool = True, backend: str = "hf") -> dict[str, dict]:
+    """Sampled replies for every spec (cached); returns {rollout id: {'text', 'finished', 'n_gen_tokens'}}.
+
+    `backend` picks the engine (`lm.engines`): "hf", "llama.cpp" or a llama.cpp server URL. The
+    manifest records which, so rollouts of two engines never mix in one cache."""
+    sampling = {k: v for k, v in gen.to_dict().items() if k not in ("batch_size", "decode", "weights")}
+    manifest = {"model": model_hash(model), **sampling, "engine": engine_name(backend)}
+    with ChunkCache(cache_dir, manifest, ".json") as cache:
         done: dict[str, dict] = {}
         for p in cache.chunks():
             done.update(read_json(p))
         todo = [s for s in dict.fromkeys(specs) if s.id not in done]
-        bar = tqdm(total=len(todo), desc="rollouts", disable=not progress or not todo, unit="rollout")
-        for b in range(0, len(todo), chunk_size):
-            chunk = todo[b:b + chunk_size]
-            seed = gen.seed + int(chunk[0].id, 16) % 100_000  # reproducible for the same chunk
-            outs = generate(model, [conversation(s) for s in chunk], gen, progress=False, seed=seed)
-            recs = {s.id: {"text": o.text, "finished": o.finished, "n_gen_tokens": len(o.ids)}
-                    for s, o in zip(chunk, outs)}
-            write_json(cache.next_path(), recs)
-            done.update(recs)
-            bar.update(len(chunk))
+        if not todo:
+            return {s.id: done[s.id] for s in specs}
+        bar = tqdm(total=len(todo), desc=f"rollouts ({engine_name(backend)})", disable=not progress, unit="rollout")
+        with replies(model, backend) as sample:
+            for b in range(0, len(todo), chunk_size):
+                chunk, t0 = todo[b:b + chunk_size], time.time()
+                seed = gen.seed + int(chunk[0].id, 16) % 100_000  # reproducible for the same chunk
+                outs = sample([conversation(s) for s in chunk], gen, seed)
+                recs = {s.id: {"text": o.text, "finished": o.finished, "n_gen_tokens": o.n_gen_tokens}
+                        for s, o in zip(chunk, outs)}
+                write_json(cache.next_path(), recs)
+                cache.add_seconds(time.time() - t0, len(chunk))
+                done.update(recs)
+                bar.update(len(chunk))
         bar.close()
     return {s.id: done[s.id] for s in specs}
+
+
+def engine_check(model, specs: list[RolloutSpec], gen: GenerationConfig, backend: str, seed: int = 12345) -> dict:
+    """The same specs sampled by our `generate` and by `backend`: mean reply tokens, share finished, and
+    the mean NLL per reply token under the model. Same sampler, same distribution: the figures agree up
+    to sampling noise (reported as standard errors over replies)."""
+    from statistics import mean, stdev
+
+    from steering.metrics import scored_nll
+
+    out = {}
+    for name, be in (("hf", "hf"), (engine_name(backend), backend)):
+        with replies(model, be) as sample:
+            got = sample([conversation(s) for s in specs], gen, seed)
+        seqs = [x for x in (response_tokens(model.tokenizer, s, r.text) for s, r in zip(specs, got)) if x is not None]
+        nll = [a / n for a, n in scored_nll(model, seqs) if n]
+        lens = [r.n_gen_tokens for r in got]
+        out[name] = {"n": len(got), "mean_tokens": mean(lens), "finished": mean(r.finished for r in got),
+                     "nll_per_token": mean(nll), "nll_se": stdev(nll) / len(nll) ** 0.5 if len(nll) > 1 else None,
+                     "tokens_se": stdev(lens) / len(lens) ** 0.5 if len(lens) > 1 else None}
+    return out
 
 
 def response_tokens(tokenizer, spec: RolloutSpec, text: str):
@@ -157,10 +199,10 @@ def harvest_rollouts(model, specs: list[RolloutSpec], texts: dict[str, str], cac
         todo = [s for s in dict.fromkeys(specs) if s.id not in have]
         bar = tqdm(total=len(todo), desc="activations", disable=not progress or not todo, unit="rollout")
         for b in range(0, len(todo), chunk_size):
-            chunk = todo[b:b + chunk_size]
-            path = cache.next_path()
+            chunk, path, t0 = todo[b:b + chunk_size], cache.next_path(), time.time()
             save_tensors(path, {"mean": _response_means(model, chunk, texts, names, batch_size)},
                          metadata={"ids": json.dumps([s.id for s in chunk])})
+            cache.add_seconds(time.time() - t0, len(chunk))
             bar.update(len(chunk))
             have.update({s.id: (path, i) for i, s in enumerate(chunk)})
         bar.close()

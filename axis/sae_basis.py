@@ -27,7 +27,7 @@ from saes import access
 from saes.access import decoder_rows, encode, load_sae, sae_hook
 from steering.projection import Projection, check_percentile
 
-from axis.compute import cosine, default_mean, role_means, unit
+from axis.compute import check_calibration, cosine, default_mean, from_grid, role_means, unit
 from axis.rollouts import RolloutSpec, response_tokens
 
 FILES = ("sae_axis.safetensors", "sae_axis.json")
@@ -82,6 +82,7 @@ class FeatureAxis:
     sae_path: str | None
     stats: dict = field(default_factory=dict)
     sae: object | None = None  # the loaded SAE (not saved)
+    token_quantiles: Float[torch.Tensor, " 101"] | None = None  # axis.calibration: per-token projection grid
 
     @property
     def layer(self) -> int:
@@ -106,8 +107,14 @@ class FeatureAxis:
                              f"{self.hook_name}, the SAE has d_sae={sae.cfg.d_sae} at {sae_hook(sae)}.")
         return sae
 
-    def tau(self, percentile: float) -> float:
+    def tau(self, percentile: float, calibration: str = "rollout") -> float:
+        """A percentile of per-rollout mean projections (the paper), or of per-token ones (axis.calibration)."""
         percentile = check_percentile(percentile)
+        if check_calibration(calibration) == "token":
+            if self.token_quantiles is None:
+                raise ValueError(f"The SAE-basis axis at {self.hook_name} has no per-token calibration; rebuild the "
+                                 "axis (steerlens axis ... --out DIR reuses its cached rollouts).")
+            return from_grid(self.token_quantiles, percentile)
         p = self.projections[self.kept]
         p = p[~p.isnan()]
         return float(torch.quantile(p.double(), percentile / 100))
@@ -125,7 +132,8 @@ class FeatureAxis:
         out = Path(out_dir)
         save_tensors(out / FILES[0], {"feature_axis": self.feature_axis, "default_mean": self.default_mean,
                                       "role_means": self.role_means, "projections": self.projections,
-                                      "kept": self.kept.to(torch.uint8)})
+                                      "kept": self.kept.to(torch.uint8),
+                                      **({} if self.token_quantiles is None else {"token_quantiles": self.token_quantiles})})
         write_json(out / FILES[1], {"hook_name": self.hook_name, "sae_path": self.sae_path, "stats": self.stats})
 
     @classmethod
@@ -133,7 +141,7 @@ class FeatureAxis:
         t = load_file(str(Path(path) / FILES[0]))
         meta = read_json(Path(path) / FILES[1])
         return cls(t["feature_axis"], t["default_mean"], t["role_means"], t["projections"], t["kept"].bool(),
-                   meta["hook_name"], meta["sae_path"], meta["stats"])
+                   meta["hook_name"], meta["sae_path"], meta["stats"], token_quantiles=t.get("token_quantiles"))
 
 
 def decoder_stats(raw_axis: Float[torch.Tensor, " d"], feature_axis: Float[torch.Tensor, " d_sae"],

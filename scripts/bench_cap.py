@@ -7,7 +7,9 @@ raw, sae, windowed, then rotated: `lm.benchmark.interleaved`) so machine noise h
 each ratio is the median over repeats of the paired ratio, until known to --tol or --budget-s is spent. Cap cost
 does not depend on the direction's values, so without --axis random unit directions are used, and
 without an SAE (--sae, the axis's own, or steering's default) a random SAELens SAE of 8 x d_model
-latents. Prints one JSON line last; "ratio" is the raw-basis ratio (target >= 0.98).
+latents. With --recipe (default: the shipped axis's cap.json, `axis.cap_recipe`) a fifth side runs the
+shipped cap recipe. Prints one JSON line last; "ratio" is the shipped recipe's ratio when there is
+one, else the raw-basis ratio (target >= 0.98).
 """
 
 import argparse
@@ -23,7 +25,11 @@ from lm.model import load_model
 from steering import DEFAULT_SAE, Cap, SAECap, Steering, load_sae
 
 from axis.artifact import AssistantAxis
+from axis.cap_recipe import RECIPE, SHIPPED_AXIS
 from axis.capping import CapConfig, capping, parse_band
+from steering import load
+
+SHIPPED_CAP = SHIPPED_AXIS / RECIPE
 
 
 def random_sae(d_model: int, layer: int, seed: int = 0):
@@ -49,6 +55,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=20, help="most timed rounds")
     ap.add_argument("--tol", type=float, default=0.005, help="stop once each median ratio's standard error is below")
     ap.add_argument("--budget-s", type=float, default=40.0, help="stop after this many seconds of timed rounds")
+    ap.add_argument("--recipe", default=str(SHIPPED_CAP), help="a cap recipe (steering.load); 'none' to skip")
     ap.add_argument("--decode", default="eager", choices=("eager", "compiled", "auto"), help="our engine (bench_decode: compiled)")
     args = ap.parse_args(argv)
     torch.set_grad_enabled(False)
@@ -78,17 +85,23 @@ def main(argv=None):
     cfg = GenerationConfig(max_new_tokens=n, min_new_tokens=n, temperature=0.7, top_p=0.9, batch_size=bs,
                            decode=args.decode)
     sides = {"uncapped": [], "raw": raw.hooks(model), "sae": sae_cap.hooks(model), "windowed": windowed.hooks(model)}
+    recipe = args.recipe if args.recipe != "none" and Path(args.recipe).is_file() and args.model != "tiny" else None
+    if recipe:
+        sides["shipped"] = load(recipe).hooks(model)
 
     def run(hooks):
         return lambda: generate(model, prompts, cfg, fwd_hooks=hooks, progress=False, seed=0)
 
-    capped = ("raw", "sae", "windowed")
+    capped = tuple(k for k in sides if k != "uncapped")
     times = interleaved({k: run(hooks) for k, hooks in sides.items()}, args.repeats,
                         pairs=[(k, "uncapped") for k in capped], tol=args.tol, budget_s=args.budget_s)
     tps = {k: bs * n / statistics.median(v) for k, v in times.items()}
     ratios = {k: paired_ratio(times[k], times["uncapped"]) for k in capped}
+    head = "shipped" if recipe else "raw"
     print(json.dumps({
-        "ratio": ratios["raw"]["median"], "ratio_spread": ratios["raw"],
+        "ratio": ratios[head]["median"], "ratio_spread": ratios[head], "ratio_of": head, "recipe": recipe,
+        **({"shipped_tok_s": round(tps["shipped"], 2)} if recipe else {}),
+        "raw_ratio": ratios["raw"]["median"],
         "sae_ratio": ratios["sae"]["median"], "sae_ratio_spread": ratios["sae"],
         "windowed_ratio": ratios["windowed"]["median"], "windowed_ratio_spread": ratios["windowed"],
         "uncapped_tok_s": round(tps["uncapped"], 2), "raw_tok_s": round(tps["raw"], 2), "sae_tok_s": round(tps["sae"], 2),

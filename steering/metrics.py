@@ -17,7 +17,8 @@
   another question of the set (question i+1 mod n), unsteered model. An answer that ignores its
   question scores ~0; an on-topic answer that also mentions the concept stays positive;
 - neutral KL: KL(steered || unsteered) of next-token distributions on held-out neutral text
-  (`lm.prompts.load_prompt_set("neutral_text")`), averaged over tokens: how much else the steering moves.
+  (`lm.prompts.load_prompt_set("neutral_text")`), averaged over tokens: how much else the steering moves
+  (`NeutralKL.chat`: the same on the assistant-response tokens of chat conversations).
 
 `scores(metrics, baseline)` is the headline, after AxBench (Wu et al. 2025), which has a judge rate
 concept, instruction relevance and fluency 0-2 each and takes their harmonic mean. Ours are
@@ -259,20 +260,55 @@ def scores(metrics: dict, baseline: dict) -> dict:
 
 
 class NeutralKL:
-    """KL(steered || unsteered) on neutral text; the unsteered log-probs are computed once and kept."""
+    """KL(steered || unsteered) of next-token distributions, averaged over the scored positions; the
+    unsteered log-probs there are computed once and kept.
 
-    def __init__(self, model, texts: list[str] | None = None, max_tokens: int = 96, batch_size: int = 8):
-        texts = texts if texts is not None else load_prompt_set("neutral_text")
-        if not texts:
-            raise ValueError("NeutralKL needs at least one text.")
-        tok = model.tokenizer
-        seqs = [torch.tensor(tok(t, add_special_tokens=False)["input_ids"][:max_tokens]) for t in texts]
-        self.model = model
-        self.batches = []
+    From plain text (neutral text by default) every position counts: how much else a steering moves.
+    `NeutralKL.chat(model, conversations)` counts only the positions that predict assistant-response
+    tokens: the drift on replies in the format the model is used in. `clean_nll` is the unsteered mean
+    NLL of the tokens the scored positions predict (plain text: all but each text's last), the scale a
+    KL is small or large against.
+    """
+
+    def __init__(self, model, texts: list[str] | None = None, max_tokens: int = 96, batch_size: int = 8, *,
+                 seqs: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
+        """`seqs`: (ids, mask of the positions whose next-token distribution counts) instead of `texts`."""
+        if seqs is None:
+            texts = texts if texts is not None else load_prompt_set("neutral_text")
+            if not texts:
+                raise ValueError("NeutralKL needs at least one text.")
+            tok = model.tokenizer
+            seqs = []
+            for t in texts:
+                ids = torch.tensor(tok(t, add_special_tokens=False)["input_ids"][:max_tokens])
+                seqs.append((ids, torch.ones(len(ids), dtype=torch.bool)))
+        if not any(bool(m.any()) for _, m in seqs):
+            raise ValueError("NeutralKL has no positions to score: pass non-empty texts or replies.")
+        self.model, self.batches, self.clean = model, [], []
+        nll, n = 0.0, 0
         for b in range(0, len(seqs), batch_size):
-            ids, att, _ = pad(seqs[b:b + batch_size], tok.pad_token_id)
-            self.batches.append((ids.to(_device(model)), att.to(_device(model))))
-        self.clean = [self._lp(ids, att, ()) for ids, att in self.batches]
+            chunk = seqs[b:b + batch_size]
+            ids, att, keep = pad([s[0] for s in chunk], model.tokenizer.pad_token_id, masks=[s[1] for s in chunk])
+            ids, att, keep = ids.to(_device(model)), att.to(_device(model)), keep.to(_device(model)) & att.bool()
+            lp = self._lp(ids, att, ())
+            self.batches.append((ids, att, keep))
+            self.clean.append(lp[keep])  # [n kept, vocab]: only the scored positions are kept
+            has_next = keep[:, :-1] & att[:, 1:].bool()
+            nll -= float(lp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0][has_next].sum())
+            n += int(has_next.sum())
+        self.clean_nll = nll / n if n else float("nan")
+
+    @classmethod
+    def chat(cls, model, conversations: list[list[dict]], batch_size: int = 8) -> "NeutralKL":
+        """KL on the assistant-response tokens of chat conversations (lm.chat.render's response mask):
+        position t counts when token t+1 is a response token, as `scored_nll` scores it."""
+        if not conversations:
+            raise ValueError("NeutralKL.chat needs at least one conversation with an assistant reply.")
+        seqs = []
+        for c in conversations:
+            r = render(model.tokenizer, c)
+            seqs.append((r.ids, torch.cat([r.response_mask[1:], r.response_mask.new_zeros(1)])))
+        return cls(model, batch_size=batch_size, seqs=seqs)
 
     def _lp(self, ids, att, hooks):
         with torch.no_grad(), hooked_runner(self.model, hooks) as runner:
@@ -280,10 +316,8 @@ class NeutralKL:
 
     def __call__(self, hooks=()) -> float:
         total, n = 0.0, 0
-        for (ids, att), clean in zip(self.batches, self.clean):
-            steered = self._lp(ids, att, hooks)
-            kl = (steered.exp() * (steered - clean)).sum(-1)  # [b, s]
-            keep = att.bool()
-            total += float(kl[keep].sum())
-            n += int(keep.sum())
+        for (ids, att, keep), clean in zip(self.batches, self.clean):
+            steered = self._lp(ids, att, hooks)[keep]
+            total += float((steered.exp() * (steered - clean)).sum())
+            n += len(clean)
         return total / n

@@ -48,6 +48,25 @@ def window_mean(p: Float[torch.Tensor, "b s"], valid: Bool[torch.Tensor, "b s"],
     return sums / counts.clamp(min=1), counts > 0, (vals[:, -w:], keep[:, -w:])
 
 
+def hysteresis(p: Float[torch.Tensor, "b s"], valid: Bool[torch.Tensor, "b s"], on: Bool[torch.Tensor, " b"],
+               engage, release, mode: str) -> tuple[Bool[torch.Tensor, "b s"], Bool[torch.Tensor, " b"]]:
+    """A per-row switch over a run of tokens: on from the first token past `engage` (below it for a
+    floor, above for a ceiling) until a token is back at `release`; carried across forwards by `on`.
+
+    Vectorised: each token's state is that of the last event (engage or release) at or before it,
+    the carried state counting as the event before the first token; invalid tokens are no event."""
+    if mode == "floor":
+        up, down = p < engage, p >= release
+    else:
+        up, down = p > engage, p <= release
+    event = torch.where(valid & up, 1, torch.where(valid & down, -1, 0))
+    event = torch.cat([torch.where(on, 1, -1)[:, None], event], dim=1)
+    idx = torch.arange(event.shape[1], device=p.device).expand_as(event)
+    last = torch.where(event != 0, idx, 0).cummax(dim=1).values
+    state = event.gather(1, last) > 0
+    return state[:, 1:], state[:, -1]
+
+
 def text_tokens(b: int, s: int, device) -> Bool[torch.Tensor, "b s"]:
     """Which tokens of the current forward count as text: not left padding, not a row's first token."""
     st = decode_state()

@@ -5,8 +5,9 @@ import torch
 
 from lm.chat import render
 
-from axis.evals import NeutralKL, identity_rates, mc_accuracy, refusal_rate, response_nll, text_nll
-
+from axis.data import load_jailbreak_replies
+from axis.evals import NeutralKL, identity_rates, mc_accuracy, refusal_log_odds, refusal_rate, response_nll, text_nll
+from lm.io import read_json, write_json
 
 
 def bridge_logprobs(model, ids):
@@ -60,3 +61,72 @@ def test_neutral_kl_is_zero_unsteered_and_grows_with_a_push(tiny):
     big = kl([("blocks.1.hook_resid_post", lambda x, hook: x + 3.0 * v)])
     assert 0 < small < big
     assert text_nll(tiny, texts, max_tokens=32) > 0
+
+
+def test_jailbreak_replies_line_up_and_a_misaligned_file_is_rejected(tmp_path):
+    replies = load_jailbreak_replies()
+    assert len(replies) == 66 and all(r["compliant"] != r["refusal"] for r in replies)
+    assert len({r["refusal"].split()[0] for r in replies}) > 15  # no template opening shared by all refusals
+    raw = read_json("axis/data/jailbreak_replies.json")
+    raw[3], raw[4] = raw[4], raw[3]
+    write_json(tmp_path / "swapped.json", raw)
+    with pytest.raises(ValueError, match="entry 3 does not match jailbreaks.json entry 3"):
+        load_jailbreak_replies(tmp_path / "swapped.json")
+    write_json(tmp_path / "short.json", raw[:-1])
+    with pytest.raises(ValueError, match="65 entries but jailbreaks.json has 66"):
+        load_jailbreak_replies(tmp_path / "short.json")
+    raw = read_json("axis/data/jailbreak_replies.json")
+    raw[7]["refusal"] = " "
+    write_json(tmp_path / "blank.json", raw)
+    with pytest.raises(ValueError, match="entry 7 needs non-empty strings"):
+        load_jailbreak_replies(tmp_path / "blank.json")
+
+
+def test_refusal_log_odds_matches_a_bridge_forward_and_flips_when_swapped(tiny):
+    replies = load_jailbreak_replies()[:3]
+    got = refusal_log_odds(tiny, replies)
+    assert got["n"] == 3 and len(got["per_item"]) == 3
+    assert all(torch.isfinite(torch.tensor(v)) for v in got["per_item"] + [got["mean"], got["mean_per_token"]])
+
+    def logprob(r, key):  # summed log P(reply | system, user), from the bridge's own forward
+        conv = [{"role": "system", "content": r["system"]}, {"role": "user", "content": r["user"]},
+                {"role": "assistant", "content": r[key]}]
+        x = render(tiny.tokenizer, conv)
+        lp = bridge_logprobs(tiny, x.ids)[:-1].gather(-1, x.ids[1:, None])[:, 0]
+        return float(lp[x.response_mask[1:]].sum())
+    want = [logprob(r, "refusal") - logprob(r, "compliant") for r in replies]
+    assert got["per_item"] == pytest.approx(want, abs=1e-3)
+    swapped = refusal_log_odds(tiny, [{**r, "compliant": r["refusal"], "refusal": r["compliant"]} for r in replies])
+    assert swapped["per_item"] == [-v for v in got["per_item"]]
+    assert swapped["mean"] == -got["mean"] and swapped["mean_per_token"] == -got["mean_per_token"]
+    assert got["per_item"] != pytest.approx([0.0] * 3, abs=1e-3)
+
+
+def test_chat_kl_scores_only_response_tokens(tiny):
+    convs = [[{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue, like the sky."}],
+             [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Count to three."},
+              {"role": "assistant", "content": "One, two, three."}]]
+    kl = NeutralKL.chat(tiny, convs)
+    assert kl(()) == pytest.approx(0.0, abs=1e-6)
+    assert kl.clean_nll == pytest.approx(response_nll(tiny, convs), rel=1e-5)  # exactly the NLL row's tokens
+    v = torch.randn(64)
+    pushed = kl([("blocks.1.hook_resid_post", lambda x, hook: x + 2.0 * v)])
+    assert pushed > 0
+
+    # only the positions predicting response tokens count: a push on everything else leaves it at 0
+    r = render(tiny.tokenizer, convs[0])
+    first = int(r.response_mask.nonzero()[0])  # the first response token; position first-1 predicts it
+    one = NeutralKL.chat(tiny, convs[:1])
+
+    def after_prompt(x, hook):
+        x = x.clone()
+        x[:, first - 1:] += 2.0 * v
+        return x
+    def late(x, hook):  # changes only positions after the last response token's prediction
+        x = x.clone()
+        x[:, int(r.response_mask.nonzero()[-1]):] += 2.0 * v
+        return x
+    assert one([("blocks.1.hook_resid_post", after_prompt)]) > 0
+    assert one([("blocks.1.hook_resid_post", late)]) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="no positions to score"):
+        NeutralKL.chat(tiny, [[{"role": "user", "content": "Hi."}]])

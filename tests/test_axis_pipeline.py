@@ -224,6 +224,14 @@ def test_cap_script_runs_every_condition_and_logs_to_wandb(band, tmp_path, monke
     assert set(res["caps"]["sae L1,3 p75"]["taus"]) == {f"blocks.{l}.hook_resid_post" for l in (1, 3)}
     for r in res["conditions"][1:]:
         assert 0 <= r["cap_active_ordinary"]["mean"] <= 1 and r["identity_n"] > 0
+    base = res["conditions"][0]
+    assert base["refusal_log_odds_gain"] == 0 and base["kl_chat"] == pytest.approx(0.0, abs=1e-6)
+    for r in res["conditions"]:
+        assert r["refusal_log_odds_gain"] == pytest.approx(r["refusal_log_odds"] - base["refusal_log_odds"])
+        assert r["kl_chat"] >= -1e-6 and r["kl_chat_rel_to_clean_nll"] >= -1e-6
+        assert r["capability_within_1pct"] == (abs(r["nll_rel"]) <= 0.01 and abs(r["mc_rel"]) <= 0.01
+                                               and r["kl_chat_rel_to_clean_nll"] <= 0.01)
+    assert any(r["kl_chat"] > 0 for r in res["conditions"][1:])
     assert [r["strength"] for r in res["steering"]["rows"]] == [-1.0, 0.0, 1.0]
     assert set(res["drift"]) == {"uncapped", "raw L1-2 p75"}
     assert (out / "steering_identity.png").is_file() and (out / "drift_capped.png").is_file()
@@ -231,8 +239,10 @@ def test_cap_script_runs_every_condition_and_logs_to_wandb(band, tmp_path, monke
     assert json.loads((out / "conditions.partial.json").read_text())[-1]["condition"] == "sae L1,3 p75 w4"
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(last["results"]) == set(names)
+    assert {"log_odds", "kl_chat_rel"} <= set(last["results"]["uncapped"])
     logged = read_offline_run(next((out / "wandb").glob("offline-run-*")))
     assert logged["summary"]["sae L1,3 p75/refusal_rate"] == res["conditions"][5]["refusal_rate"]
+    assert logged["summary"]["sae L1,3 p75/refusal_log_odds"] == res["conditions"][5]["refusal_log_odds"]
 
     # redoing one part keeps the others' results
     main(["--model", "tiny", "--axis", str(path), "--out", str(out), "--small", "--parts", "steering",
@@ -241,6 +251,37 @@ def test_cap_script_runs_every_condition_and_logs_to_wandb(band, tmp_path, monke
     assert [r["strength"] for r in again["steering"]["rows"]] == [-0.5, 0.5]
     assert again["conditions"] == res["conditions"] and again["drift"] == res["drift"]
     assert set(again["args_by_part"]) == {"caps", "steering", "drift"}
+
+
+def test_cap_ship_tunes_on_dev_checks_on_test_and_writes_the_recipe(band, tmp_path):
+    """--ship: the sweep runs on dev personas, the rule picks an eligible cap (or fails clearly, writing
+    nothing), the pick is re-scored against uncapped on the test split, and cap.json loads."""
+    import shutil
+
+    from axis.cap_recipe import EVIDENCE, MAX_FIRING, RECIPE, load_cap
+    from scripts.cap import main
+
+    path, _, _ = band
+    axis_dir = tmp_path / "axis"
+    shutil.copytree(path, axis_dir)
+    args = ["--model", "tiny", "--axis", str(axis_dir), "--out", str(tmp_path / "tune"), "--small", "--no-sae",
+            "--bands", "1", "--percentiles", "0", "50", "--configs", '{"layers": [2], "percentile": 0, "window": 4}',
+            "--ship", str(axis_dir), "--no-wandb"]
+    try:
+        ev = main(args)
+    except ValueError as e:
+        assert "No cap condition" in str(e) and not (axis_dir / RECIPE).exists()
+        return
+    rec = json.loads((axis_dir / EVIDENCE).read_text())
+    assert [r["condition"] for r in rec["dev"]] == ["uncapped", "raw L1 p0", "raw L1 p50", "raw L2 p0 w4"]
+    chosen = next(r for r in rec["dev"] if r["condition"] == ev["chosen"])
+    assert chosen["fires_ordinary"] < MAX_FIRING and chosen["capability_within_1pct"]
+    assert [r["condition"] for r in rec["test"]] == ["uncapped", ev["chosen"]]
+    dev_cfg = json.loads((tmp_path / "tune" / "dev" / "cap_config.json").read_text())
+    test_cfg = json.loads((tmp_path / "tune" / "test" / "cap_config.json").read_text())
+    assert dev_cfg["split"] == "dev" and test_cfg["split"] == "test"
+    caps = load_cap(axis_dir).interventions
+    assert [c.hook for c in caps] == [f"blocks.{l}.hook_resid_post" for l in rec["config"]["layers"]]
 
 
 def make_spec():
@@ -308,3 +349,70 @@ def test_real_model_axis_separates_unseen_roles(smollm, tmp_path):
     p = project(acts[:, l], ax, "raw", layer=l)
     is_def = torch.tensor([s.is_default for s in specs])
     assert auroc(p[is_def], p[~is_def]) >= 0.75
+
+
+def test_token_calibration_is_the_quantiles_of_response_token_projections(tiny, built):
+    """Per-token taus are percentiles of every response token's projection (the cap's own measure),
+    saved and reloaded with the axis, and they spread wider than per-rollout taus."""
+    from lm.batch import pad
+    from lm.harvest import forward_batch
+    from axis.rollouts import make_specs, response_tokens
+    from axis.data import load_default_prompts, load_questions, load_roles, select_roles
+
+    out, cfg, ax = built
+    grid = ax.extra["token_quantiles"]
+    assert grid.shape == (4, 101) and bool((grid.diff(dim=1) >= 0).all())
+    assert ax.feature.token_quantiles.shape == (101,)
+    again = AssistantAxis.load(out, tiny)
+    assert torch.equal(again.extra["token_quantiles"], grid) and torch.equal(again.feature.token_quantiles,
+                                                                             ax.feature.token_quantiles)
+    specs = make_specs(select_roles(load_roles(), None, cfg.roles), load_default_prompts("tiny"),
+                       load_questions()[:cfg.n_questions], cfg.prompts_per_role)
+    texts = {r["id"]: r["text"] for r in json.loads((out / "transcripts.json").read_text())}
+    seqs = [response_tokens(tiny.tokenizer, s, texts[s.id]) for s, k in zip(specs, ax.kept.tolist()) if k]
+    seqs = [x for x in seqs if x is not None]
+    ids, _, mask = pad([x[0] for x in seqs], tiny.tokenizer.pad_token_id, masks=[x[1] for x in seqs])
+    with torch.no_grad():
+        h = forward_batch(tiny, ids, ["blocks.2.hook_resid_post"])["blocks.2.hook_resid_post"]
+    p = (h @ ax.unit(2))[mask]
+    assert ax.tau(2, 50, "token") == pytest.approx(float(torch.quantile(p.double(), 0.5)), abs=1e-4)
+    assert ax.tau(2, 5, "token") < ax.tau(2, 5) and ax.tau(2, 95, "token") > ax.tau(2, 95)
+    with pytest.raises(ValueError, match="calibration='window'"):
+        ax.tau(2, 50, "window")
+    with pytest.raises(ValueError, match="within 0-100"):
+        ax.tau(2, 101, "token")
+
+
+def test_cap_recipe_ships_loads_and_refuses_a_model_without_its_layers(tiny, built, tmp_path):
+    from pathlib import Path
+
+    from axis.cap_recipe import RECIPE, choose_cap, load_cap, ship
+    from axis.capping import CapConfig, cap_interventions
+
+    _, _, ax = built
+    cc = CapConfig([1, 2], 60.0, window=4, gain=2.0, calibration="token", trigger=20.0)
+    ship(tmp_path, ax, cc, {"chosen": "x"})
+    loaded = load_cap(tmp_path)
+    ref = cap_interventions(ax, cc)
+    assert [c.to_dict() for c in loaded.interventions] == [c.to_dict() for c in ref]
+    assert loaded.interventions[0].trigger == pytest.approx(ax.tau(1, 20.0, "token"))
+    sae_cc = CapConfig([], 60.0, basis="sae", calibration="token")
+    ship(tmp_path / "sae", ax, sae_cc, {})
+    rec = json.loads((tmp_path / "sae" / RECIPE).read_text())
+    assert not Path(rec["interventions"][0]["sae"]).is_absolute()  # relative to the recipe: loads from any checkout
+    assert load_cap(tmp_path / "sae").interventions[0].tau == pytest.approx(ax.feature.tau(60.0, "token"))
+    rec = json.loads((tmp_path / RECIPE).read_text())
+    rec["interventions"][0]["hook"] = "blocks.40.hook_resid_post"
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / RECIPE).write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="blocks.40"):
+        load_cap(tmp_path / "bad").hooks(tiny)
+    with pytest.raises(FileNotFoundError, match="has no cap.json"):
+        load_cap(tmp_path / "none")
+    rows = [{"condition": "uncapped", "identity_gain": 0.0},
+            {"condition": "a", "identity_gain": 0.5, "capability_within_1pct": True, "cap_active_ordinary": {"any_hook": 0.2}},
+            {"condition": "b", "identity_gain": 0.3, "capability_within_1pct": True, "cap_active_ordinary": {"any_hook": 0.001}},
+            {"condition": "c", "identity_gain": 0.4, "capability_within_1pct": False, "cap_active_ordinary": {"any_hook": 0.0}}]
+    assert choose_cap(rows)["condition"] == "b"
+    with pytest.raises(ValueError, match="No cap condition"):
+        choose_cap(rows[:2])

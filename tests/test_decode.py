@@ -67,6 +67,8 @@ def cases(sae_dir):
         "cap": Cap(HOOK, v, tau=0.5),
         "cap_window": Cap("blocks.2.hook_resid_post", w, tau=0.3, window=4, gain=0.7),
         "saecap_window": SAECap(sae_dir, unit(2, 256), tau=0.2, window=3),
+        "cap_conditional": Cap("blocks.2.hook_resid_post", w, tau=0.6, window=4, gain=2.0, trigger=0.3),
+        "saecap_conditional": SAECap(sae_dir, unit(2, 256), tau=0.3, trigger=0.2, gain=2.0),
         "several": Steering([Add("blocks.0.hook_resid_post", v, 2.0), Clamp(sae_dir, {3: 0.8}, mode="add"),
                              Cap("blocks.3.hook_resid_post", w, tau=0.4, window=5, mode="ceiling")]),
     }

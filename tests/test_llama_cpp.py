@@ -13,8 +13,8 @@ import torch
 from features import concept_latent, load_concept
 from lm.chat import as_conversation, render
 from lm.generate import GenerationConfig, generate
-from lm.llama_server import (LLAMA_CPP_INSTALL, LLAMA_SERVER_ENV, find_llama_server, llama_server,
-                             llama_server_complete, require_llama_server)
+from lm.engines import server_replies
+from lm.llama_server import LLAMA_CPP_INSTALL, LLAMA_SERVER_ENV, find_llama_server, llama_server, require_llama_server
 from lm.sources import embedded_gguf
 from saes.access import DEFAULT_SAE, load_sae, sae_hook
 from steering.control_vector import model_hint, write_control_vector
@@ -43,8 +43,8 @@ def golden_gate_add(model) -> Add:
 def llama_answers(model, prompts, args=()) -> list[str]:
     ids = [render(model.tokenizer, as_conversation(p), True).ids.tolist() for p in prompts]
     with llama_server(embedded_gguf(), list(args)) as url:
-        return llama_server_complete(url, ids, NEW_TOKENS, temperature=0.0, top_p=1.0, seed=0, workers=4,
-                                     options={"repeat_penalty": 1.0})
+        gen = GenerationConfig(max_new_tokens=NEW_TOKENS, temperature=0.0, top_p=1.0)
+        return [r.text for r in server_replies(url, ids, gen, seed=0, workers=4)]
 
 
 def test_a_missing_binary_names_the_install_command(monkeypatch, tmp_path):

@@ -52,6 +52,29 @@ def test_shipped_axis_loads():
         ax.tau(20, 101)
 
 
+def test_shipped_axis_is_the_full_bank_with_token_calibration_and_a_cap_recipe():
+    """All 124 roles x 3 prompts x 16 questions plus the default prompts; per-token taus in both bases;
+    cap.json loads with steering.load and its evidence records the dev choice and the test check."""
+    from axis.artifact import AssistantAxis
+    from axis.cap_recipe import EVIDENCE, RECIPE
+    from steering import Steering, load
+
+    ax = AssistantAxis.load(AXIS_DIR)
+    s = ax.stats
+    assert s["n_role_rollouts"] >= 5952 and s["n_roles"] == 124 and s["n_questions"] >= 16
+    assert ax.extra["token_quantiles"].shape == (30, 101)
+    assert ax.feature.token_quantiles is not None and all(fa.token_quantiles is not None for fa in ax.feature_band)
+    assert ax.tau(15, 5, "token") < ax.tau(15, 5)  # per-token projections spread wider than rollout means
+    hf, server = s["engine_check"]["hf"], next(v for k, v in s["engine_check"].items() if k != "hf")
+    assert hf["n"] == server["n"] >= 32 and abs(hf["mean_tokens"] - server["mean_tokens"]) < 3
+    conv = json.loads((AXIS_DIR / "convergence.json").read_text())
+    assert (AXIS_DIR / "convergence.png").is_file() and [r["n_roles"] for r in conv["by_roles"]][-1] == 124
+    cap = load(AXIS_DIR / RECIPE)
+    assert isinstance(cap, Steering) and cap.interventions
+    ev = json.loads((AXIS_DIR / EVIDENCE).read_text())
+    assert ev["chosen"] in [r["condition"] for r in ev["dev"]] and [r["condition"] for r in ev["test"]][0] == "uncapped"
+
+
 @pytest.mark.parametrize("layer", [20, 24])
 def test_late_saes_load_in_saelens_with_the_bar_measured(layer):
     """The late SAEs recover the LM loss and have few dead latents; FVU on ordinary chat tokens is

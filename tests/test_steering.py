@@ -412,3 +412,74 @@ def test_feature_reader_equals_sae_encode(b_dec_in, rescale, hooked):
     std = StandardSAE(StandardSAEConfig(d_in=64, d_sae=256)).eval()
     assert not _plain_topk(std)
     torch.testing.assert_close(feature_reader(std, idx)(x), std.encode(x)[..., idx])
+
+
+def hysteresis_reference(p, valid, on, engage, release):
+    """The floor switch token by token: on past `engage`, off once back at `release`."""
+    out = torch.zeros_like(p, dtype=torch.bool)
+    for r in range(p.shape[0]):
+        state = bool(on[r])
+        for j in range(p.shape[1]):
+            if valid[r, j] and p[r, j] < engage:
+                state = True
+            elif valid[r, j] and p[r, j] >= release:
+                state = False
+            out[r, j] = state
+    return out
+
+
+def test_hysteresis_matches_a_token_loop_across_chunks():
+    from steering.window import hysteresis
+
+    torch.manual_seed(0)
+    p, valid = torch.randn(4, 30), torch.rand(4, 30) > 0.2
+    on0 = torch.tensor([False, True, False, True])
+    ref = hysteresis_reference(p, valid, on0, -0.5, 0.7)
+    whole, last = hysteresis(p, valid, on0, -0.5, 0.7, "floor")
+    assert torch.equal(whole, ref) and torch.equal(last, ref[:, -1])
+    a, mid = hysteresis(p[:, :11], valid[:, :11], on0, -0.5, 0.7, "floor")  # a KV-cached split
+    b, _ = hysteresis(p[:, 11:], valid[:, 11:], mid, -0.5, 0.7, "floor")
+    assert torch.equal(torch.cat([a, b], 1), ref)
+    assert ref.any() and not ref.all()
+    ceil, _ = hysteresis(-p, valid, on0, 0.5, -0.7, "ceiling")  # the mirror image
+    assert torch.equal(ceil, ref)
+
+
+@pytest.mark.parametrize("basis", ["raw", "sae"])
+def test_conditional_cap(tiny, ids, concept_sae_dir, basis):
+    """trigger=tau acts where the plain cap does (the sink aside: a switch never engages on it); a
+    trigger below every measure never acts; in between it acts on fewer tokens than the plain cap;
+    KV-cached generation carries the switch exactly."""
+    from axis.capping import CapMonitor
+
+    torch.manual_seed(3)
+    v = torch.randn(64) if basis == "raw" else torch.randn(256)
+    make = ((lambda **k: Cap(HOOK, v, **k)) if basis == "raw" else (lambda **k: SAECap(concept_sae_dir, v, **k)))
+    _, h = run(tiny, ids, capture=HOOK)
+    cap0 = make(tau=0.0)
+    p = cap0.bind(tiny)[1].measurer(torch.device("cpu"), torch.float32)(h)[0, 1:]
+    tau, low = float(p.quantile(0.8)), float(p.quantile(0.3))
+    def fired(c):
+        mon = CapMonitor([c])
+        run(tiny, ids, mon.hooks(tiny, Steering([c])))
+        return mon.active[HOOK][0, 1:]
+    for window in (0, 3):
+        assert torch.equal(fired(make(tau=tau, window=window)), fired(make(tau=tau, window=window, trigger=tau)))
+    clean, _ = run(tiny, ids)
+    never, _ = run(tiny, ids, make(tau=tau, trigger=float(p.min()) - 10).hooks(tiny))
+    assert torch.equal(never, clean)
+    some, every = fired(make(tau=tau, trigger=low)), fired(make(tau=tau))
+    assert some.any() and some.sum() < every.sum() and not (some & ~every).any()
+    with pytest.raises(ValueError, match="trigger=.*must lie at or below tau"):
+        make(tau=0.0, trigger=1.0)
+    with pytest.raises(ValueError, match="needs positions='all'"):
+        make(tau=0.0, trigger=-1.0, positions="generated")
+    # KV-cached: the switch state carries across decoding steps (one prompt: no padding)
+    cap = make(tau=tau, trigger=low, gain=3.0)
+    cfg = GenerationConfig(max_new_tokens=8, min_new_tokens=8, temperature=0, batch_size=1)
+    steps = []
+    out = generate(tiny, [[{"role": "user", "content": "Tell me about the weather today."}]], cfg, progress=False,
+                   fwd_hooks=cap.hooks(tiny) + [(LATER, lambda x, hook: steps.append(x.detach().clone()) or x)])
+    full = torch.cat([ids, out[0].ids[None]], 1)
+    _, whole = run(tiny, full, cap.hooks(tiny))
+    torch.testing.assert_close(torch.cat(steps, 1)[0], whole[0, :-1], atol=2e-4, rtol=1e-4)

@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recipe": ("steerlens.commands.recipe", "tune a feature-steering recipe on dev prompts; ship it with dev/test figures"),
     "compare": ("steerlens.commands.compare", "W&B-tracked comparison of steering conditions on the same prompts"),
     "axis": ("steerlens.commands.axis", "compute the Assistant Axis (rollouts, activations, filter, PCA)"),
+    "convergence": ("steerlens.commands.convergence", "how many roles and questions the Assistant Axis needs (resampled run)"),
     "cap": ("steerlens.commands.cap", "evaluate activation capping on the Assistant Axis"),
     "export": ("steerlens.commands.export", "write a control vector (GGUF), Neuronpedia features or an axis"),
     "demo": ("steerlens.commands.demo", "the end-to-end reproduction on the embedded model -> report.html"),

@@ -10,6 +10,8 @@ axis/pretrained/smollm2-default (`steerlens export axis` writes other tools' for
     steerlens axis --out runs/axis/smollm2
     steerlens axis --full --device cuda --gen-batch-size 256 \
         --sae saes/pretrained/smollm2-default --out runs/axis/smollm2-full --export axis/pretrained/smollm2-default
+    steerlens axis --full --n-questions 16 --max-new-tokens 48 --backend llama.cpp \
+        --sae saes/pretrained/smollm2-default --out runs/axis/smollm2-full   # the shipped axis, on CPU
     steerlens axis --model tiny --roles-per-category 1 --n-questions 2 --max-new-tokens 8
 """
 
@@ -31,10 +33,14 @@ def add_arguments(ap) -> None:
     add_model_args(ap, default=AxisConfig.model)
     ap.add_argument("--out", default=None, help="run directory (default runs/axis/<model>)")
     ap.add_argument("--full", action="store_true", help="every role, prompt and question; 128 new tokens")
-    ap.add_argument("--roles-per-category", type=int, default=AxisConfig.roles_per_category)
+    ap.add_argument("--roles-per-category", type=int, default=None,
+                    help=f"default {AxisConfig.roles_per_category}; every role with --full")
     ap.add_argument("--roles", nargs="+", default=None, help="explicit role names")
-    ap.add_argument("--prompts-per-role", type=int, default=AxisConfig.prompts_per_role)
-    ap.add_argument("--n-questions", type=int, default=AxisConfig.n_questions)
+    ap.add_argument("--prompts-per-role", type=int, default=None,
+                    help=f"default {AxisConfig.prompts_per_role}; all with --full")
+    ap.add_argument("--n-questions", type=int, default=None, help=f"default {AxisConfig.n_questions}; all with --full")
+    ap.add_argument("--backend", default=AxisConfig.backend,
+                    help="rollout engine: hf, llama.cpp (starts llama-server; `make llama-cpp`) or a server URL")
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--temperature", type=float, default=AxisConfig.temperature)
     ap.add_argument("--top-p", type=float, default=AxisConfig.top_p)
@@ -71,11 +77,15 @@ def export(run_dir: Path, dest: Path, transcripts: bool) -> None:
 
 def axis_config(args) -> AxisConfig:
     full = args.full
+
+    def pick(value, default):  # a given flag wins; --full means all, else the config's default
+        return value if value is not None else (None if full else default)
+
     return AxisConfig(
         model=args.model, model_name=args.model_name,
-        roles_per_category=None if full else args.roles_per_category, roles=args.roles,
-        prompts_per_role=None if full else args.prompts_per_role,
-        n_questions=None if full else args.n_questions,
+        roles_per_category=pick(args.roles_per_category, AxisConfig.roles_per_category), roles=args.roles,
+        prompts_per_role=pick(args.prompts_per_role, AxisConfig.prompts_per_role),
+        n_questions=pick(args.n_questions, AxisConfig.n_questions), backend=args.backend,
         max_new_tokens=args.max_new_tokens or (128 if full else AxisConfig.max_new_tokens),
         temperature=args.temperature, top_p=args.top_p, seed=args.seed, gen_batch_size=args.gen_batch_size,
         harvest_batch_size=args.harvest_batch_size, adherence_filter=args.filter,

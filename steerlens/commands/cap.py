@@ -10,6 +10,7 @@ cap fires; then steering along the axis and the drift plot with capping on
     steerlens cap --model tiny --axis runs/axis/tiny --small     # smoke test
     steerlens cap ... --parts steering --strengths -0.5 0 0.5   # redo one part, keep the rest
     steerlens cap ... --bands 15 --windows 32 --gains 4 8      # windowed caps (steering.projection)
+    steerlens cap ... --windows 16 --percentiles 50 --triggers 10 --calibrations token   # conditional
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def add_cap_args(ap) -> None:
                     help="0 = each token's projection (the paper); W = mean over the last W tokens; several = sweep")
     ap.add_argument("--gains", nargs="+", type=float, default=[1.0],
                     help="push = gain x shortfall below tau (1 = the paper); several = sweep")
+    ap.add_argument("--calibrations", nargs="+", default=["rollout"], choices=["rollout", "token"],
+                    help="tau from per-rollout means (the paper) or per-token projections; several = sweep")
+    ap.add_argument("--triggers", nargs="+", type=trigger, default=[None], metavar="P|none",
+                    help="conditional caps: engage below the P-th percentile, release at tau; 'none' = always on")
+
+
+def trigger(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
 
 
 def add_arguments(ap) -> None:
@@ -68,6 +77,13 @@ def add_arguments(ap) -> None:
     ap.add_argument("--drift-layer", type=int, default=None, help="default: the axis's monitor layer")
     ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
                     help="what to run; results of other parts already in --out are kept")
+    ap.add_argument("--split", default="all", choices=["all", "dev", "test"],
+                    help="personas and jailbreaks: dev = first half (tune here), test = second half")
+    ap.add_argument("--configs", nargs="+", type=json.loads, default=[], metavar="JSON",
+                    help="explicit cap configs (axis.capping.CapConfig fields), e.g. "
+                         "'{\"layers\": [15], \"percentile\": 90, \"window\": 256, \"gain\": 4, \"trigger\": 75}'")
+    ap.add_argument("--ship", default=None, metavar="AXIS_DIR",
+                    help="tune: sweep on the dev split, choose (axis.cap_recipe), check on test, write AXIS_DIR/cap.json")
     ap.add_argument("--small", action="store_true", help="tiny settings for a smoke test")
     add_wandb_args(ap)
 
@@ -87,6 +103,9 @@ def check(args, ap) -> None:
     for p in args.percentiles:
         if not 0 <= p <= 100:
             raise UsageError(f"--percentiles: {p:g} is outside 0-100.")
+    for t in args.triggers:
+        if t is not None and not 0 <= t <= 100:
+            raise UsageError(f"--triggers: {t:g} is outside 0-100 (or write 'none').")
     try:
         for w in args.windows:
             for g in args.gains:
@@ -101,8 +120,10 @@ def settings(args):
     from axis.evaluate import CapEvalConfig
     from lm.generate import GenerationConfig
 
-    sweep = CapSweep(args.bands, args.percentiles, args.mode, args.windows, args.gains, not args.no_sae,
-                     args.sae_bands, args.sae)
+    sweep = CapSweep(bands=args.bands, percentiles=args.percentiles, mode=args.mode, windows=args.windows,
+                     gains=args.gains, calibrations=args.calibrations, triggers=args.triggers,
+                     sae_basis=not args.no_sae, sae_bands=args.sae_bands, sae=args.sae,
+                     configs=args.configs)
     gen = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                            seed=args.seed, batch_size=args.batch_size)
     cfg = CapEvalConfig(
@@ -111,7 +132,7 @@ def settings(args):
         neutral_tokens=args.neutral_tokens, generation=gen, steer_layer=args.steer_layer, strengths=args.strengths,
         n_steer_personas=args.n_steer_personas, drift_per_domain=args.drift_per_domain,
         drift_turns=args.drift_turns, drift_new_tokens=args.drift_new_tokens, drift_layer=args.drift_layer,
-        parts=args.parts, wandb=not args.no_wandb, wandb_project=args.wandb_project,
+        parts=args.parts, split=args.split, wandb=not args.no_wandb, wandb_project=args.wandb_project,
         run_name=f"cap-{Path(args.axis).name}-{'+'.join(args.parts)}")
     return sweep, cfg
 
@@ -125,6 +146,16 @@ def run(args) -> dict:
     sweep, cfg = settings(args)
     model = load_model(args.model, device=args.device)
     axis = AssistantAxis.load(args.axis, model)
+    if args.ship:
+        import sys
+
+        from axis.cap_recipe import tune_and_ship
+
+        ev = tune_and_ship(model, axis, args.ship, cap_conditions(axis, sweep), cfg, args.out,
+                           command="steerlens " + " ".join(sys.argv[1:]))
+        print(json.dumps({"out": str(args.out), "shipped": str(Path(args.ship) / "cap.json"), "chosen": ev["chosen"],
+                          "test": ev["test"]}))
+        return ev
     result = evaluate_caps(model, axis, cap_conditions(axis, sweep), cfg, args.out,
                            extra={"axis": str(args.axis), "model": args.model})
     print(json.dumps({"out": str(args.out), "parts": args.parts, **cap_summary(result)}))
