@@ -85,8 +85,8 @@ def _stages(work: Path, calls: dict) -> dict:
     from tests.helpers import HOOK
 
     # modules by name: `lm.harvest` the attribute is the function lm/__init__ re-exports
-    H, A, R = (importlib.import_module(m) for m in ("lm.harvest", "features.analysis", "axis.rollouts"))
-    for mod, name in ((H, "forward_batch"), (A, "feature_acts"), (R, "generate"), (R, "harvest")):
+    H, A, R, E = (importlib.import_module(m) for m in ("lm.harvest", "features.analysis", "axis.rollouts", "lm.engines"))
+    for mod, name in ((H, "forward_batch"), (A, "feature_acts"), (E, "generate"), (R, "harvest")):
         _slowed(mod, name, calls)
 
     rows = torch.randint(100, 20000, (16, 16), generator=torch.Generator().manual_seed(0))
