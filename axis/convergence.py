@@ -35,19 +35,17 @@ as in the build's axis.json); the whole bank's split-half cosine is the R = ever
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from jaxtyping import Bool, Float
-from safetensors import safe_open
 
 from lm.io import atomic_path, read_json, write_json
 
 from axis.compute import (_layer_auroc, assistant_axis, cosine, default_mean, layer_projections, pca, role_means,
                           separation)
-from axis.rollouts import DEFAULT
+from axis.rollouts import DEFAULT, chunk_index, gather_means
 
 STATS = ("cos_axis_pc1", "heldout_auroc", "split_half_cosine")
 
@@ -285,26 +283,16 @@ def read_run(run_dir: str | Path) -> tuple[Float[torch.Tensor, "n layers d"], li
         raise ValueError(f"{tpath} does not exist: point --run at a finished `steerlens axis` run directory "
                          "(transcripts.json is written once every rollout is harvested).")
     rows = read_json(tpath)
-    where: dict[str, tuple[Path, int]] = {}
-    for p in sorted(cache.glob("chunk_*.safetensors")):
-        with safe_open(str(p), "pt") as f:
-            where.update({rid: (p, i) for i, rid in enumerate(json.loads(f.metadata()["ids"]))})
+    where = chunk_index(sorted(cache.glob("chunk_*.safetensors")))
     missing = [r["id"] for r in rows if r["id"] not in where]
     if missing:
         raise ValueError(f"{len(missing)} of {len(rows)} rollouts in {tpath} have no cached activations in "
                          f"{cache}; let the build finish (or rerun `steerlens axis` with the same --out).")
-    chunks: dict[Path, torch.Tensor] = {}
-    acts = []
-    for r in rows:
-        p, i = where[r["id"]]
-        if p not in chunks:
-            with safe_open(str(p), "pt") as f:
-                chunks[p] = f.get_tensor("mean")
-        acts.append(chunks[p][i])
+    acts = gather_means(where, [r["id"] for r in rows])
     index = {q: i for i, q in enumerate(load_questions())}
     questions = [index.setdefault(r["question"], len(index)) for r in rows]
     kept = torch.tensor([bool(r.get("valid", True)) and bool(r.get("adheres", True)) for r in rows])
-    return torch.stack(acts), [r["role"] for r in rows], questions, kept
+    return acts, [r["role"] for r in rows], questions, kept
 
 
 def plot_convergence(result: dict, path) -> None:

@@ -191,11 +191,7 @@ def harvest_rollouts(model, specs: list[RolloutSpec], texts: dict[str, str], cac
     Rollouts whose reply has no tokens get NaN rows (callers drop them)."""
     names = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
     with ChunkCache(cache_dir, {"model": model_hash(model), "hooks": names}, ".safetensors") as cache:
-        have: dict[str, tuple[Path, int]] = {}
-        for p in cache.chunks():
-            with safe_open(str(p), "pt") as f:
-                for i, rid in enumerate(json.loads(f.metadata()["ids"])):
-                    have[rid] = (p, i)
+        have = chunk_index(cache.chunks())
         todo = [s for s in dict.fromkeys(specs) if s.id not in have]
         bar = tqdm(total=len(todo), desc="activations", disable=not progress or not todo, unit="rollout")
         for b in range(0, len(todo), chunk_size):
@@ -206,10 +202,24 @@ def harvest_rollouts(model, specs: list[RolloutSpec], texts: dict[str, str], cac
             bar.update(len(chunk))
             have.update({s.id: (path, i) for i, s in enumerate(chunk)})
         bar.close()
-    rows = []
+    return gather_means(have, [s.id for s in specs])
+
+
+def chunk_index(chunks: list[Path]) -> dict[str, tuple[Path, int]]:
+    """Where each cached rollout's response means live: {rollout id: (chunk file, row)}."""
+    where: dict[str, tuple[Path, int]] = {}
+    for p in chunks:
+        with safe_open(str(p), "pt") as f:
+            where.update({rid: (p, i) for i, rid in enumerate(json.loads(f.metadata()["ids"]))})
+    return where
+
+
+def gather_means(where: dict[str, tuple[Path, int]], ids: list[str]) -> Float[torch.Tensor, "n layers d"]:
+    """The cached response means of `ids`, in order, each chunk file read once."""
     by_file: dict[Path, torch.Tensor] = {}
-    for s in specs:
-        p, i = have[s.id]
+    rows = []
+    for rid in ids:
+        p, i = where[rid]
         if p not in by_file:
             with safe_open(str(p), "pt") as f:
                 by_file[p] = f.get_tensor("mean")
