@@ -110,15 +110,30 @@ class _RawAxis(NamedTuple):
     separation: dict
 
 
+def rollout_plan(model, cfg: AxisConfig) -> tuple[list, list[str], list[RolloutSpec], GenerationConfig]:
+    """(roles, questions, rollout specs, sampling settings) of an axis config."""
+    roles = data.select_roles(data.load_roles(), cfg.roles_per_category, cfg.roles)
+    questions = data.load_questions()[:cfg.n_questions]
+    specs = make_specs(roles, data.load_default_prompts(display_name(model, cfg)), questions, cfg.prompts_per_role)
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                           seed=cfg.seed, batch_size=cfg.gen_batch_size)
+    return roles, questions, specs, gen
+
+
+def check_engine(model, cfg: AxisConfig, specs: list[RolloutSpec] | None = None,
+                 gen: GenerationConfig | None = None) -> dict:
+    """`engine_check` of cfg.backend against our sampler on cfg.engine_check specs spread over the plan."""
+    if specs is None or gen is None:
+        _, _, specs, gen = rollout_plan(model, cfg)
+    n = max(1, cfg.engine_check)
+    return engine_check(model, specs[::max(1, len(specs) // n)][:n], gen, cfg.backend)
+
+
 def build_axis(model, cfg: AxisConfig, out_dir: str | Path, progress: bool = True) -> AssistantAxis:
     """Roll out, harvest, filter, compute the axis and its statistics (and SAE bases), save to `out_dir`."""
     out, t0 = Path(out_dir), time.time()
-    roles = data.select_roles(data.load_roles(), cfg.roles_per_category, cfg.roles)
-    questions = data.load_questions()[:cfg.n_questions]
+    roles, questions, specs, gen = rollout_plan(model, cfg)
     name = display_name(model, cfg)
-    specs = make_specs(roles, data.load_default_prompts(name), questions, cfg.prompts_per_role)
-    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                           seed=cfg.seed, batch_size=cfg.gen_batch_size)
     ro = _roll_out(model, cfg, roles, specs, gen, out, progress)
     raw = _raw_axis(ro, cfg)
     stats = _stats(ro, raw, roles, len(questions), cfg.adherence_filter) | {"seconds": round(time.time() - t0, 1)}
@@ -131,8 +146,7 @@ def build_axis(model, cfg: AxisConfig, out_dir: str | Path, progress: bool = Tru
     if cfg.sae or cfg.band_saes:
         _add_feature_axes(result, model, cfg, ro, raw.scored, progress)
     if cfg.backend != "hf" and cfg.engine_check:  # the faster engine samples as ours does (on a spread sample)
-        step = max(1, len(specs) // cfg.engine_check)
-        stats["engine_check"] = engine_check(model, specs[::step][:cfg.engine_check], gen, cfg.backend)
+        stats["engine_check"] = check_engine(model, cfg, specs, gen)
     if cfg.calibration_rollouts:
         stats["token_calibration"] = calibrate(model, result, ro.specs, ro.texts, n_max=cfg.calibration_rollouts,
                                                batch_size=cfg.harvest_batch_size, seed=cfg.seed, progress=progress)

@@ -73,7 +73,8 @@ class CapEvalConfig:
     n_plain: int = 15  # identity questions without persona (steering part)
     n_jailbreaks: int = 60
     n_jailbreak_replies: int | None = None  # None: all of axis/data/jailbreak_replies.json
-    split: str = "all"  # "dev": first half of the personas and jailbreaks (tune on it), "test": second half, "all"
+    split: str = "all"  # "dev": first half of the personas and jailbreaks, even prompts of the ordinary-answer
+    # bank (tune on it); "test": the other halves; "all"
     n_mc: int = 120
     n_nll: int = 40
     n_neutral: int = 16
@@ -126,9 +127,16 @@ class CapPrompts:
                    data.load_mc()[:cfg.n_mc], data.load_neutral_text()[:cfg.n_neutral])
 
 
-def heldout_answers(model, n: int, gen: GenerationConfig) -> list[Conversation]:
-    """Default-Assistant answers (no system prompt, uncapped) to prompt-bank prompts outside the axis bank."""
-    bank = load_prompt_bank()
+def interleaved_half(items: list, split: str) -> list:
+    """Even (dev) or odd (test) items, or all: both halves of a bank sorted by category span every category."""
+    return {"all": items, "dev": items[0::2], "test": items[1::2]}[split]
+
+
+def heldout_answers(model, n: int, gen: GenerationConfig, split: str = "all") -> list[Conversation]:
+    """Default-Assistant answers (no system prompt, uncapped) to prompt-bank prompts outside the axis bank,
+    spread over the bank; dev and test draw on disjoint prompts, so a cap's firing rate on ordinary answers,
+    tuned on dev, is checked on answers it never saw."""
+    bank = interleaved_half(load_prompt_bank(), split)
     step = max(1, len(bank) // max(n, 1))
     prompts = [bank[i]["prompt"] for i in range(0, len(bank), step)][:n]
     return [o.reply() for o in generate(model, prompts, gen, progress=False)]
@@ -139,7 +147,7 @@ class CapEvaluator:
 
     def __init__(self, model, prompts: CapPrompts, cfg: CapEvalConfig, progress: bool = True):
         self.model, self.prompts, self.gen, self.progress = model, prompts, cfg.generation, progress
-        self.heldout = heldout_answers(model, cfg.n_nll, cfg.generation)
+        self.heldout = heldout_answers(model, cfg.n_nll, cfg.generation, cfg.split)
         self.kl = NeutralKL(model, prompts.neutral, cfg.neutral_tokens)
         self.kl_chat = NeutralKL.chat(model, self.heldout)  # on the same response tokens as the NLL row
         self.replies = split_half(data.load_jailbreak_replies(), cfg.split)[:cfg.n_jailbreak_replies]

@@ -130,3 +130,26 @@ def test_chat_kl_scores_only_response_tokens(tiny):
     assert one([("blocks.1.hook_resid_post", late)]) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="no positions to score"):
         NeutralKL.chat(tiny, [[{"role": "user", "content": "Hi."}]])
+
+
+def test_dev_and_test_ordinary_answers_come_from_disjoint_prompts(monkeypatch):
+    """The firing rate a cap is tuned on (dev) is checked on ordinary answers to other prompts (test)."""
+    from axis import evaluate
+    from lm.corpus import load_prompt_bank
+
+    asked = {}
+
+    def fake_generate(model, prompts, gen, progress=False):
+        asked[len(asked)] = list(prompts)
+        return []
+
+    monkeypatch.setattr(evaluate, "generate", fake_generate)
+    for split in ("dev", "test"):
+        evaluate.heldout_answers(None, 40, evaluate.GenerationConfig(), split)
+    dev, test = asked[0], asked[1]
+    assert len(dev) == len(test) == 40 and not set(dev) & set(test)
+    from collections import Counter
+
+    cats = {b["prompt"]: b["category"] for b in load_prompt_bank()}
+    assert Counter(cats[p] for p in dev) == Counter(cats[p] for p in test)  # the same mix of categories
+    assert len({cats[p] for p in test}) >= 20

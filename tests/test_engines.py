@@ -96,3 +96,26 @@ def test_rollouts_of_two_engines_never_share_a_cache(tiny, tmp_path):
     assert generate_rollouts(tiny, specs, gen, tmp_path, progress=False, backend="http://127.0.0.1:9") == got  # cached
     with pytest.raises(ValueError, match="other settings"):
         generate_rollouts(tiny, specs, gen, tmp_path, progress=False, backend="hf")
+
+
+def test_engine_check_only_samples_a_spread_of_specs_with_both_engines(tiny, tmp_path):
+    """`steerlens axis --engine-check-only`: the check the build runs, alone; no axis is written."""
+    from steerlens.cli import run_command
+    from steerlens.errors import UsageError
+
+    fake = FakeServer(lambda text: tiny.tokenizer.encode(text, add_special_tokens=False))
+    try:
+        got = run_command("axis", ["--model", "tiny", "--roles-per-category", "1", "--n-questions", "2",
+                                   "--max-new-tokens", "4", "--backend", fake.url, "--engine-check", "3",
+                                   "--engine-check-only", "--out", str(tmp_path)])
+    finally:
+        fake.close()
+    check = got["check"]
+    assert set(check) == {"hf", engine_name(fake.url)}
+    assert all(v["n"] == 3 and v["nll_per_token"] > 0 for v in check.values())
+    assert check[engine_name(fake.url)]["mean_tokens"] == 3  # the fake server's replies
+    assert len([p for p, _ in fake.requests if p == "/completion"]) == 3
+    assert json.loads((tmp_path / "engine_check.json").read_text())["check"] == check
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["engine_check.json"]
+    with pytest.raises(UsageError, match="give --backend llama.cpp or a URL"):
+        run_command("axis", ["--model", "tiny", "--engine-check-only", "--out", str(tmp_path)])

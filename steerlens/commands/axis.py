@@ -13,6 +13,8 @@ axis/pretrained/smollm2-default (`steerlens export axis` writes other tools' for
     steerlens axis --full --n-questions 16 --max-new-tokens 48 --backend llama.cpp \
         --sae saes/pretrained/smollm2-default --out runs/axis/smollm2-full   # the shipped axis, on CPU
     steerlens axis --model tiny --roles-per-category 1 --n-questions 2 --max-new-tokens 8
+    steerlens axis --full --n-questions 16 --max-new-tokens 48 --backend llama.cpp --engine-check-only \
+        --out runs/axis/engine-check   # does llama.cpp sample as we do? (64 spread specs, both engines)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from axis.build import AxisConfig
 
 from steerlens.commands.common import add_model_args
+from steerlens.errors import UsageError
 
 EXPORT = ["axis.safetensors", "axis.json", "config.json", "sae_axis.safetensors", "sae_axis.json",
           "axis_summary.png", "axis_summary.json"]
@@ -41,6 +44,11 @@ def add_arguments(ap) -> None:
     ap.add_argument("--n-questions", type=int, default=None, help=f"default {AxisConfig.n_questions}; all with --full")
     ap.add_argument("--backend", default=AxisConfig.backend,
                     help="rollout engine: hf, llama.cpp (starts llama-server; `make llama-cpp`) or a server URL")
+    ap.add_argument("--engine-check-only", action="store_true",
+                    help="only sample the engine check (--engine-check specs by hf and --backend; no axis), "
+                         "write OUT/engine_check.json")
+    ap.add_argument("--engine-check", type=int, default=AxisConfig.engine_check,
+                    help=f"specs the engine check samples with both engines (default {AxisConfig.engine_check}; 0: skip)")
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--temperature", type=float, default=AxisConfig.temperature)
     ap.add_argument("--top-p", type=float, default=AxisConfig.top_p)
@@ -75,6 +83,14 @@ def export(run_dir: Path, dest: Path, transcripts: bool) -> None:
         shutil.copy2(run_dir / "transcripts.json", dest / "transcripts.json")
 
 
+def check(args, ap) -> None:
+    """Before the model loads: an engine check needs an engine to compare with ours."""
+    if args.engine_check_only and args.backend == "hf":
+        raise UsageError("--engine-check-only compares --backend with our sampler; give --backend llama.cpp or a URL.")
+    if args.engine_check < 0:
+        raise UsageError(f"--engine-check {args.engine_check}: give a number of specs >= 0.")
+
+
 def axis_config(args) -> AxisConfig:
     full = args.full
 
@@ -89,7 +105,7 @@ def axis_config(args) -> AxisConfig:
         max_new_tokens=args.max_new_tokens or (128 if full else AxisConfig.max_new_tokens),
         temperature=args.temperature, top_p=args.top_p, seed=args.seed, gen_batch_size=args.gen_batch_size,
         harvest_batch_size=args.harvest_batch_size, adherence_filter=args.filter,
-        drop_empty_roles=args.drop_empty_roles, sae=args.sae, band_saes=args.band_sae, feature_stats=args.feature_stats)
+        drop_empty_roles=args.drop_empty_roles, engine_check=args.engine_check, sae=args.sae, band_saes=args.band_sae, feature_stats=args.feature_stats)
 
 
 def summary(ax, out: Path) -> dict:
@@ -113,6 +129,17 @@ def summary(ax, out: Path) -> dict:
     return result
 
 
+def engine_check_only(model, cfg: AxisConfig, out: Path) -> dict:
+    """The engine check alone (axis.build.check_engine), with its config, to OUT/engine_check.json."""
+    from axis.build import check_engine
+    from lm.io import write_json
+
+    result = {"config": cfg.to_dict(), "check": check_engine(model, cfg)}
+    write_json(out / "engine_check.json", result)
+    print(json.dumps(result["check"]))
+    return result
+
+
 def run(args) -> dict:
     from axis.build import build_axis
     from lm.model import load_model
@@ -120,6 +147,8 @@ def run(args) -> dict:
     cfg = axis_config(args)
     out = Path(args.out or f"runs/axis/{Path(str(args.model)).name}")
     model = load_model(args.model, device=args.device)
+    if args.engine_check_only:
+        return engine_check_only(model, cfg, out)
     ax = build_axis(model, cfg, out)
     if args.export:
         export(out, Path(args.export), args.export_transcripts)
