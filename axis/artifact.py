@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from lm.io import read_json, save_tensors, write_json
 from lm.model import model_hash
+from steering.projection import check_percentile
 
 from axis.compute import check_calibration, from_grid, unit
 
@@ -79,8 +80,7 @@ class AssistantAxis:
     def tau(self, layer: int, percentile: float, calibration: str = "rollout") -> float:
         """The cap threshold at `layer`: a percentile (0-100) of the pooled per-rollout projections, or
         with calibration="token" of the per-token ones (`axis.calibration`)."""
-        if not (isinstance(percentile, (int, float)) and 0 <= percentile <= 100):
-            raise ValueError(f"percentile must be within 0-100, got {percentile!r}.")
+        percentile = check_percentile(percentile)
         if check_calibration(calibration) == "token":
             grid = self.extra.get("token_quantiles")
             if grid is None:
@@ -110,13 +110,17 @@ class AssistantAxis:
             fa.save(fa.band_dir(out, fa.hook_name))
         return out
 
+    @property
+    def feature_axes(self) -> list:
+        """Every SAE-basis axis: the axis's own SAE first, then the band SAEs."""
+        return ([self.feature] if self.feature is not None else []) + list(self.feature_band)
+
     def feature_at(self, layer: int):
         """The SAE-basis axis whose SAE reads `blocks.{layer}.hook_resid_post`."""
-        axes = ([self.feature] if self.feature is not None else []) + self.feature_band
-        for fa in axes:
+        for fa in self.feature_axes:
             if fa.layer == layer:
                 return fa
-        have = sorted(fa.layer for fa in axes)
+        have = sorted(fa.layer for fa in self.feature_axes)
         raise ValueError(f"No SAE-basis axis at layer {layer} (this axis has SAE axes at layers {have}). "
                          "Train SAEs for those layers (scripts/train_sae.py --recipe smollm2-band) and add them "
                          "with scripts/compute_axis.py --band-sae DIR ...")

@@ -17,7 +17,7 @@ from jaxtyping import Bool, Float
 
 from lm.engines import check_backend
 from lm.generate import GenerationConfig
-from lm.io import read_json, write_json
+from lm.io import write_json
 from lm.model import model_hash
 from lm.sources import EMBEDDED
 from saes.access import load_sae, sae_hook
@@ -27,7 +27,8 @@ from axis.artifact import AssistantAxis
 from axis.calibration import calibrate
 from axis.compute import (assistant_axis, cosine, default_mean, layer_projections, pca, pick_monitor_layer,
                           role_means, separation)
-from axis.rollouts import DEFAULT, RolloutSpec, engine_check, generate_rollouts, harvest_rollouts, make_specs, save_transcripts
+from axis.rollouts import (DEFAULT, RolloutSpec, cache_seconds, engine_check, generate_rollouts, harvest_rollouts,
+                           make_specs, save_transcripts)
 from axis.sae_basis import feature_axis_from, feature_means, raw_layer
 
 FILTERS = ("assistant_lexicon", "none")
@@ -151,8 +152,7 @@ def build_axis(model, cfg: AxisConfig, out_dir: str | Path, progress: bool = Tru
         stats["token_calibration"] = calibrate(model, result, ro.specs, ro.texts, n_max=cfg.calibration_rollouts,
                                                batch_size=cfg.harvest_batch_size, seed=cfg.seed, progress=progress)
     stats["build_seconds"] = {"this_run": round(time.time() - t0, 1), **{
-        f"{k}_cumulative": read_json(out / k / "seconds.json") for k in ("rollouts", "activations")
-        if (out / k / "seconds.json").is_file()}}
+        f"{k}_cumulative": t for k in ("rollouts", "activations") if (t := cache_seconds(out / k)) is not None}}
     _save(result, out)
     return result
 

@@ -14,7 +14,7 @@ axis (`FeatureAxis.token_quantiles`); `tau(..., calibration="token")` reads them
 from __future__ import annotations
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool
 from tqdm.auto import tqdm
 
 from lm.batch import pad
@@ -24,6 +24,7 @@ from steering.projection import Projection
 
 from axis.compute import GRID
 from axis.rollouts import RolloutSpec, response_tokens
+
 
 def calibration_sample(kept: Bool[torch.Tensor, " n"], n_max: int, seed: int = 0) -> list[int]:
     """Up to `n_max` kept rollouts, drawn without replacement (seeded), in index order."""
@@ -40,7 +41,7 @@ def token_quantiles(model, axis, specs: list[RolloutSpec], texts: dict[str, str]
     "features": [101] per SAE-basis axis (the feature axis first, then the band), "n_rollouts", "n_tokens"}."""
     device, dtype = model_place(model)
     rows = calibration_sample(axis.kept, n_max, seed)
-    feats = ([axis.feature] if axis.feature is not None else []) + list(axis.feature_band)
+    feats = axis.feature_axes
     measures = {f"blocks.{l}.hook_resid_post": [Projection(axis.axis[l]).measurer(device, dtype)]
                 for l in range(axis.n_layers)}
     slot = []  # where each feature axis's measure sits in its hook's list
@@ -71,6 +72,6 @@ def calibrate(model, axis, specs: list[RolloutSpec], texts: dict[str, str], **kw
     """Fill the axis's per-token quantile grids (raw and every SAE basis) in place; returns the counts."""
     q = token_quantiles(model, axis, specs, texts, **kw)
     axis.extra["token_quantiles"] = q["raw"]
-    for fa, grid in zip(([axis.feature] if axis.feature is not None else []) + list(axis.feature_band), q["features"]):
+    for fa, grid in zip(axis.feature_axes, q["features"]):
         fa.token_quantiles = grid
     return {"n_rollouts": q["n_rollouts"], "n_tokens": q["n_tokens"]}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lm.io import read_json, write_json
+from lm.io import write_json
 from steering import Steering, load
 
 from axis.artifact import AssistantAxis
@@ -72,12 +72,8 @@ def load_cap(axis_dir: str | Path) -> Steering:
     """The shipped cap of an axis directory (`steering.load` of its cap.json)."""
     path = Path(axis_dir) / RECIPE
     if not path.is_file():
-        raise FileNotFoundError(f"{axis_dir} has no {RECIPE}; choose one with scripts/tune_cap.py --axis {axis_dir}.")
+        raise FileNotFoundError(f"{axis_dir} has no {RECIPE}; choose one with `steerlens cap --axis {axis_dir} --ship {axis_dir}`.")
     return load(path)
-
-
-def recipe_config(axis_dir: str | Path) -> CapConfig:
-    return CapConfig(**read_json(Path(axis_dir) / EVIDENCE)["config"])
 
 
 def _brief(row: dict) -> dict:

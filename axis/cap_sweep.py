@@ -88,8 +88,8 @@ def cap_conditions(axis: AssistantAxis, sweep: CapSweep) -> list[Condition]:
         conds += [c for p in sweep.percentiles for c in named("sae", band_name(b), b, p)]
     for rec in sweep.configs:
         cc = CapConfig(**rec)
-        where = (band_name(cc.layers) if cc.layers else "auto") if cc.basis == "raw" else \
-            (band_name(cc.layers) if cc.layers else axis.feature.hook_name if axis.feature else "none")
+        own = "auto" if cc.basis == "raw" else axis.feature.hook_name if axis.feature else "none"
+        where = band_name(cc.layers) if cc.layers else own
         conds.append(cap_condition(axis, condition_name(cc.basis, where, cc.percentile, cc.window, cc.gain,
                                                         cc.calibration, cc.trigger), cc, sweep.sae))
     return conds

@@ -12,6 +12,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from features.stats import auroc
+from steering.projection import check_percentile
 
 from axis.rollouts import DEFAULT
 
@@ -145,9 +146,7 @@ def check_calibration(calibration: str) -> str:
 
 def from_grid(grid: Float[torch.Tensor, " 101"], percentile: float) -> float:
     """The percentile read off a 0..100 quantile grid (linear between whole percentiles)."""
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 <= percentile <= 100:
-        raise ValueError(f"percentile must be within 0-100, got {percentile!r}.")
-    pct = float(percentile)
+    pct = check_percentile(percentile)
     lo = min(int(pct), 99)
     w = pct - lo
     return float(grid[lo] * (1 - w) + grid[lo + 1] * w)

@@ -287,8 +287,9 @@ def axis_capping(job: Job, report: Report, sec, axis, path: Path) -> None:
     # the cap evaluation of scripts/cap.py, shrunk: uncapped vs the shipped cap recipe (the paper's p75
     # floor on the default band when the axis ships none), and drift
     shipped = (path / RECIPE).is_file()
+    evidence = read_json(path / EVIDENCE) if shipped else None
     conds = ([Condition("uncapped"), Condition(f"shipped {RECIPE}", load_cap(path), "shipped_cap", None,
-                                               read_json(path / EVIDENCE)["config"])]
+                                               evidence["config"])]
              if shipped else cap_conditions(axis, CapSweep(sae_basis=False)))
     ecfg = CapEvalConfig(n_personas=cfg.cap_personas, n_identity_questions=3, n_jailbreaks=cfg.cap_jailbreaks,
                          n_jailbreak_replies=cfg.cap_jailbreaks, n_mc=cfg.cap_mc, n_nll=cfg.cap_answers, n_neutral=4,
@@ -308,7 +309,7 @@ def axis_capping(job: Job, report: Report, sec, axis, path: Path) -> None:
                                                                   capped["samples"]["persona"])]))
     taus = rec["caps"][capped["condition"]]["taus"]
     ib, ia, act = _identity(base), _identity(capped), capped["cap_active_ordinary"]
-    what = (f"the shipped recipe {path.name}/{RECIPE} ({read_json(path / EVIDENCE)['chosen']}, chosen on dev "
+    what = (f"the shipped recipe {path.name}/{RECIPE} ({evidence['chosen']}, chosen on dev "
             "personas by axis.cap_recipe)" if shipped else f"p75 on layers {[int(h.split('.')[1]) for h in taus]} "
             f"(the paper's setting; this axis ships no {RECIPE})")
     sec.text.append(f"Capping with {what}, scored on held-out test personas and jailbreaks: AI/assistant identity "

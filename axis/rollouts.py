@@ -76,6 +76,15 @@ def conversation(spec: RolloutSpec, reply: str | None = None) -> list[dict]:
     return conv + [{"role": "assistant", "content": reply}] if reply is not None else conv
 
 
+SECONDS = "seconds.json"
+
+
+def cache_seconds(root: str | Path) -> dict | None:
+    """{"seconds", "n"}: the compute time a chunk cache's chunks took, summed across runs (None: not recorded)."""
+    path = Path(root) / SECONDS
+    return read_json(path) if path.is_file() else None
+
+
 class ChunkCache:
     """Records keyed by rollout id, stored as atomically written chunk files plus a manifest.
 
@@ -108,13 +117,8 @@ class ChunkCache:
 
     def add_seconds(self, seconds: float, n: int) -> None:
         """Accumulate the compute time of this cache's chunks (seconds.json), across resumed runs."""
-        path = self.root / "seconds.json"
-        t = read_json(path) if path.is_file() else {"seconds": 0.0, "n": 0}
-        write_json(path, {"seconds": round(t["seconds"] + seconds, 1), "n": t["n"] + n})
-
-    def seconds(self) -> dict | None:
-        path = self.root / "seconds.json"
-        return read_json(path) if path.is_file() else None
+        t = cache_seconds(self.root) or {"seconds": 0.0, "n": 0}
+        write_json(self.root / SECONDS, {"seconds": round(t["seconds"] + seconds, 1), "n": t["n"] + n})
 
     def next_path(self) -> Path:
         done = self.chunks()

@@ -22,12 +22,11 @@ import torch
 from lm.benchmark import interleaved, paired_ratio
 from lm.generate import GenerationConfig, generate
 from lm.model import load_model
-from steering import DEFAULT_SAE, Cap, SAECap, Steering, load_sae
+from steering import DEFAULT_SAE, Cap, SAECap, Steering, load, load_sae
 
 from axis.artifact import AssistantAxis
 from axis.cap_recipe import RECIPE, SHIPPED_AXIS
 from axis.capping import CapConfig, capping, parse_band
-from steering import load
 
 SHIPPED_CAP = SHIPPED_AXIS / RECIPE
 

@@ -19,7 +19,8 @@ import json
 import re
 from pathlib import Path
 
-from axis.evaluate import PARTS
+from axis.compute import CALIBRATIONS
+from axis.evaluate import PARTS, SPLITS
 
 from steerlens.commands.common import add_model_args, add_wandb_args
 from steerlens.errors import UsageError
@@ -47,7 +48,7 @@ def add_cap_args(ap) -> None:
                     help="0 = each token's projection (the paper); W = mean over the last W tokens; several = sweep")
     ap.add_argument("--gains", nargs="+", type=float, default=[1.0],
                     help="push = gain x shortfall below tau (1 = the paper); several = sweep")
-    ap.add_argument("--calibrations", nargs="+", default=["rollout"], choices=["rollout", "token"],
+    ap.add_argument("--calibrations", nargs="+", default=["rollout"], choices=CALIBRATIONS,
                     help="tau from per-rollout means (the paper) or per-token projections; several = sweep")
     ap.add_argument("--triggers", nargs="+", type=trigger, default=[None], metavar="P|none",
                     help="conditional caps: engage below the P-th percentile, release at tau; 'none' = always on")
@@ -77,8 +78,9 @@ def add_arguments(ap) -> None:
     ap.add_argument("--drift-layer", type=int, default=None, help="default: the axis's monitor layer")
     ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
                     help="what to run; results of other parts already in --out are kept")
-    ap.add_argument("--split", default="all", choices=["all", "dev", "test"],
-                    help="personas and jailbreaks: dev = first half (tune here), test = second half")
+    ap.add_argument("--split", default="all", choices=SPLITS,
+                    help="dev = first half of the personas and jailbreaks and even prompts of the ordinary-answer "
+                         "bank (tune here), test = the other halves")
     ap.add_argument("--configs", nargs="+", type=json.loads, default=[], metavar="JSON",
                     help="explicit cap configs (axis.capping.CapConfig fields), e.g. "
                          "'{\"layers\": [15], \"percentile\": 90, \"window\": 256, \"gain\": 4, \"trigger\": 75}'")
