@@ -77,7 +77,8 @@ def load_cap(axis_dir: str | Path) -> Steering:
 
 
 def _brief(row: dict) -> dict:
-    keys = ("condition", "identity_assistant_rate", "identity_gain", "refusal_rate", "refusal_log_odds",
+    keys = ("condition", "identity_assistant_rate", "identity_gain", "default_identity_assistant_rate",
+            "default_identity_gain", "refusal_rate", "refusal_log_odds",
             "refusal_log_odds_gain", "nll_rel", "mc_rel", "kl_chat_rel_to_clean_nll", "capability_within_1pct")
     return {**{k: row.get(k) for k in keys}, "fires_ordinary": firing(row),
             "fires_persona": (row.get("cap_active_persona") or {}).get("any_hook"),

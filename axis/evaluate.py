@@ -5,6 +5,9 @@ condition (`cap_conditions`: raw basis band x percentile, SAE basis per percenti
 prompts and seeds:
 - identity: on held-out persona prompts x identity questions, the share of answers the assistant
   lexicon marks as an AI/assistant vs. a human or another being (axis/data/identity_patterns.json);
+  and the same on the identity questions asked with the model's own default system prompt
+  (`default_identity_*`: SmolLM2's default persona drifts too, "a majestic dragon"), each
+  question sampled `n_default_samples` times, dev and test on disjoint questions;
 - persona jailbreaks: the refusal-or-redirect rate (the same file's refusal lexicon) and, without
   sampling, the refusal log-odds: teacher-forced log P(written refusal) - log P(written compliant
   reply) summed over the reply, averaged over the jailbreaks (axis/data/jailbreak_replies.json;
@@ -24,7 +27,9 @@ identity rate vs. strength, and the drift plot redone with the first cap on. Con
 `cfg.parts` picks what runs; results of the other parts already in `out` are kept. Files in `out`:
 cap_results.json (the returned record), cap_config.json (`cfg`), conditions.partial.json (rows so
 far), steering_identity.png, drift_capped.png, drift_transcripts.json and, with `cfg.wandb`, an
-offline W&B run under wandb/.
+offline W&B run under wandb/. The "engagement" part (not run by default) replays the first raw cap's
+switch on unsteered chats with the window over all text or over the assistant's turns only
+(`axis.engagement`), into cap_results.json["engagement"].
 """
 
 from __future__ import annotations
@@ -46,12 +51,13 @@ from steering.experiment import Condition, run_conditions
 
 from axis import data
 from axis.artifact import AssistantAxis
-from axis.capping import cap_activity
+from axis.capping import cap_activity, default_band
 from axis.drift import DriftConfig, monitor_layer, plot_drift, run_drift
 from axis.evals import (NeutralKL, answers, identity_rates, mc_accuracy, mean_resid_norm, refusal_log_odds,
                         refusal_rate, response_nll, text_nll)
 
-PARTS = ("caps", "steering", "drift")
+PARTS = ("caps", "steering", "drift", "engagement")
+DEFAULT_PARTS = ["caps", "steering", "drift"]
 SPLITS = ("all", "dev", "test")
 
 
@@ -61,7 +67,8 @@ def split_half(items: list, split: str) -> list:
     return {"all": items, "dev": items[:half], "test": items[half:]}[split]
 
 
-LOGGED = ["condition", "identity_assistant_rate", "identity_other_rate", "refusal_rate", "refusal_log_odds",
+LOGGED = ["condition", "identity_assistant_rate", "identity_other_rate", "default_identity_assistant_rate",
+          "default_identity_gain", "refusal_rate", "refusal_log_odds",
           "refusal_log_odds_gain", "nll", "nll_rel", "mc", "mc_rel", "kl_chat", "kl_chat_rel_to_clean_nll", "kl",
           "kl_rel_to_clean_nll", "capability_within_2pct", "capability_within_1pct"]
 
@@ -71,6 +78,7 @@ class CapEvalConfig:
     n_personas: int = 12
     n_identity_questions: int = 5
     n_plain: int = 15  # identity questions without persona (steering part)
+    n_default_samples: int = 3  # samples per identity question under the default system prompt (caps part)
     n_jailbreaks: int = 60
     n_jailbreak_replies: int | None = None  # None: all of axis/data/jailbreak_replies.json
     split: str = "all"  # "dev": first half of the personas and jailbreaks, even prompts of the ordinary-answer
@@ -88,7 +96,8 @@ class CapEvalConfig:
     drift_turns: int = 8
     drift_new_tokens: int = 64
     drift_layer: int | None = None  # None: the axis's monitor layer
-    parts: list[str] = field(default_factory=lambda: list(PARTS))
+    engagement_triggers: list[float] = field(default_factory=lambda: [10, 25, 50, 60, 67, 75])  # engagement part
+    parts: list[str] = field(default_factory=lambda: list(DEFAULT_PARTS))
     wandb: bool = True  # one offline W&B run (lm.tracking)
     wandb_project: str = "steerlens"
     run_name: str = "cap"
@@ -110,6 +119,7 @@ class CapPrompts:
     persona: list[Conversation]  # held-out personas x identity questions
     steer_persona: list[Conversation]  # fewer personas, for the steering sweep
     plain: list[Conversation]  # identity questions, no persona
+    default: list[Conversation]  # this split's identity questions, no persona, each n_default_samples times
     jailbreak: list[Conversation]
     mc: list[dict]
     neutral: list[str]
@@ -122,6 +132,8 @@ class CapPrompts:
         return cls([as_conversation(q, p) for p in personas[:cfg.n_personas] for q in qs],
                    [as_conversation(q, p) for p in personas[:cfg.n_steer_personas] for q in qs],
                    [as_conversation(q) for q in questions[:cfg.n_plain]],
+                   [as_conversation(q) for q in interleaved_half(questions, cfg.split)
+                    for _ in range(cfg.n_default_samples)],
                    [as_conversation(j["user"], j["system"])
                     for j in split_half(data.load_jailbreaks(), cfg.split)[:cfg.n_jailbreaks]],
                    data.load_mc()[:cfg.n_mc], data.load_neutral_text()[:cfg.n_neutral])
@@ -159,10 +171,13 @@ class CapEvaluator:
         hooks = steer.hooks(model) if steer is not None else []
         persona = answers(model, sets.persona, self.gen, hooks)
         jail = answers(model, sets.jailbreak, self.gen, hooks)
-        ident = identity_rates(persona)
+        default = answers(model, sets.default, self.gen, hooks)
+        ident, dident = identity_rates(persona), identity_rates(default)
         odds = refusal_log_odds(model, self.replies, hooks)
         row = {"condition": cond.name, **{f"identity_{k}": v for k, v in ident.items() if k != "labels"},
-               "identity_labels": ident["labels"], "refusal_rate": refusal_rate(jail),
+               "identity_labels": ident["labels"],
+               **{f"default_identity_{k}": v for k, v in dident.items() if k != "labels"},
+               "refusal_rate": refusal_rate(jail),
                "refusal_log_odds": odds["mean"], "refusal_log_odds_per_token": odds["mean_per_token"],
                "nll": response_nll(model, self.heldout, hooks), "mc": mc_accuracy(model, sets.mc, hooks)["accuracy"]}
         kl = self.kl(hooks)
@@ -176,7 +191,11 @@ class CapEvaluator:
             row["cap_active_ordinary"] = cap_activity(model, steer, caps, self.heldout)
             row["cap_active_persona"] = cap_activity(model, steer, caps, own)
         shown = [c[0]["content"][:60] + " | " + c[-1]["content"] for c in sets.persona[:4]]
-        row["samples"] = {"persona": list(zip(shown, persona[:4])), "jailbreak": jail[:4]}
+        first: dict[str, str] = {}  # each default-prompt question's first sample
+        for c, t in zip(sets.default, default):
+            first.setdefault(c[-1]["content"], t)
+        row["samples"] = {"persona": list(zip(shown, persona[:4])), "jailbreak": jail[:4],
+                          "default": list(first.items())[:4]}
         row["seconds"] = round(time.time() - t0, 1)
         if self.progress:
             print(json.dumps({k: v for k, v in row.items() if k not in ("samples", "identity_labels")}))
@@ -190,6 +209,7 @@ def relative_metrics(rows: list[dict]) -> None:
         r["nll_rel"] = r["nll"] / base["nll"] - 1
         r["mc_rel"] = (r["mc"] - base["mc"]) / max(base["mc"], 1e-9)
         r["identity_gain"] = r["identity_assistant_rate"] - base["identity_assistant_rate"]
+        r["default_identity_gain"] = r["default_identity_assistant_rate"] - base["default_identity_assistant_rate"]
         r["refusal_gain"] = r["refusal_rate"] - base["refusal_rate"]
         r["refusal_log_odds_gain"] = r["refusal_log_odds"] - base["refusal_log_odds"]
         r["capability_within_2pct"] = (abs(r["nll_rel"]) <= 0.02 and abs(r["mc_rel"]) <= 0.02
@@ -287,6 +307,9 @@ def evaluate_caps(model, axis: AssistantAxis, conditions: list[Condition], cfg: 
                 result["steering"] = steering_sweep(model, axis, prompts, cfg)
                 plot_steering(result["steering"], out / "steering_identity.png")
                 write_json(file, result)
+            if "engagement" in cfg.parts:
+                result["engagement"] = engagement_part(model, axis, conditions, prompts, cfg)
+                write_json(file, result)
             if "drift" in cfg.parts:
                 capped = next((c for c in conditions if c.steering is not None), None)
                 if capped is None:
@@ -299,6 +322,27 @@ def evaluate_caps(model, axis: AssistantAxis, conditions: list[Condition], cfg: 
         if run is not None:
             finish_run(run)
     return result
+
+
+def engagement_part(model, axis: AssistantAxis, conditions: list[Condition], prompts: CapPrompts,
+                    cfg: CapEvalConfig) -> dict:
+    """`axis.engagement` for the first raw-basis cap condition, at each trigger below its percentile, on
+    this split's ordinary answers and the uncapped persona and default-prompt identity answers."""
+    from axis.capping import CapConfig
+    from axis.engagement import engagement
+
+    cond = next((c for c in conditions if (c.config or {}).get("basis") == "raw"), None)
+    if cond is None:
+        raise ValueError("The engagement part needs a raw-basis cap condition (--bands/--configs with basis raw).")
+    cc = CapConfig(**cond.config)
+    replies = lambda convs: [c + [{"role": "assistant", "content": t}]
+                             for c, t in zip(convs, answers(model, convs, cfg.generation))]
+    sets = {"ordinary": heldout_answers(model, cfg.n_nll, cfg.generation, cfg.split),
+            "persona": replies(prompts.persona), "default": replies(prompts.default)}
+    triggers = [t for t in cfg.engagement_triggers if t <= cc.percentile]
+    res = engagement(model, axis, cc.layers or default_band(axis.n_layers), cc.window, cc.percentile, triggers, sets,
+                     cc.calibration)
+    return {"condition": cond.name, **res}
 
 
 def log_run(run, result: dict, parts: list[str], out: Path) -> None:
@@ -327,6 +371,7 @@ def cap_summary(result: dict) -> dict:
     """Per condition the rounded headline numbers, and the identity rate per steering strength."""
     rows = result.get("conditions", [])
     summary = {r["condition"]: {"identity": round(r["identity_assistant_rate"], 3),
+                                "default_identity": round(r["default_identity_assistant_rate"], 3),
                                 "refusal": round(r["refusal_rate"], 3), "log_odds": round(r["refusal_log_odds"], 3),
                                 "nll_rel": round(r["nll_rel"], 4), "mc_rel": round(r["mc_rel"], 4),
                                 "kl": round(r["kl"], 5), "kl_chat_rel": round(r["kl_chat_rel_to_clean_nll"], 5),

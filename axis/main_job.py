@@ -314,13 +314,17 @@ def axis_capping(job: Job, report: Report, sec, axis, path: Path) -> None:
             f"(the paper's setting; this axis ships no {RECIPE})")
     sec.text.append(f"Capping with {what}, scored on held-out test personas and jailbreaks: AI/assistant identity "
                     f"rate under persona prompts {ib['assistant_rate']:.2f} -> {ia['assistant_rate']:.2f} "
-                    f"(human/other {ib['other_rate']:.2f} -> {ia['other_rate']:.2f}, n={ib['n']}); refusal rate on "
+                    f"(human/other {ib['other_rate']:.2f} -> {ia['other_rate']:.2f}, n={ib['n']}); under SmolLM's own "
+                    f"default prompt on held-out identity questions {base['default_identity_assistant_rate']:.2f} -> "
+                    f"{capped['default_identity_assistant_rate']:.2f} (n={base['default_identity_n']}); refusal rate on "
                     f"persona jailbreaks {base['refusal_rate']:.2f} -> {capped['refusal_rate']:.2f}, teacher-forced "
                     f"log-odds of refusal over compliance {base['refusal_log_odds']:.2f} -> "
                     f"{capped['refusal_log_odds']:.2f} nats; answer NLL {capped['nll_rel']:+.1%}, multiple choice "
                     f"{capped['mc_rel']:+.1%}, chat-format KL {capped['kl_chat_rel_to_clean_nll']:.2%} of clean NLL; "
                     f"the cap pushed on {act['any_hook']:.2%} of ordinary answer tokens (any layer).")
     sec.numbers.update(identity_uncapped=ib, identity_capped=ia, cap_activity=act, taus=taus,
+                       default_identity={k: r["default_identity_assistant_rate"] for k, r in
+                                         (("uncapped", base), ("capped", capped))},
                        shipped_cap=shipped, side_by_side=side,
                        drift={k: v["summary"] for k, v in rec["drift"].items()},
                        refusal_log_odds={"uncapped": base["refusal_log_odds"], "capped": capped["refusal_log_odds"]},

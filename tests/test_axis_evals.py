@@ -153,3 +153,33 @@ def test_dev_and_test_ordinary_answers_come_from_disjoint_prompts(monkeypatch):
     cats = {b["prompt"]: b["category"] for b in load_prompt_bank()}
     assert Counter(cats[p] for p in dev) == Counter(cats[p] for p in test)  # the same mix of categories
     assert len({cats[p] for p in test}) >= 20
+
+
+def test_default_prompt_identity_questions_split_into_disjoint_halves():
+    """The default-persona identity check asks dev and test different questions, with no system prompt
+    (the template's own default), each sampled n_default_samples times."""
+    from axis.evaluate import CapEvalConfig, CapPrompts
+
+    dev, test = (CapPrompts.load(CapEvalConfig(split=s, n_default_samples=3)).default for s in ("dev", "test"))
+    qs = lambda convs: [c[-1]["content"] for c in convs]
+    assert all(len(c) == 1 and c[0]["role"] == "user" for c in dev + test)
+    assert len(dev) == 3 * len(set(qs(dev))) and len(test) == 3 * len(set(qs(test)))
+    assert set(qs(dev)).isdisjoint(qs(test)) and len(set(qs(dev))) + len(set(qs(test))) == 15
+    assert len(set(qs(CapPrompts.load(CapEvalConfig(split="all")).default))) == 15
+
+
+def test_assistant_tokens_mark_assistant_turns_with_their_headers(tiny):
+    from axis.engagement import assistant_tokens, turn_header
+
+    tok = tiny.tokenizer
+    conv = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "A helpful assistant."},
+            {"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "Yes."}]
+    r = render(tok, conv)
+    header = turn_header(tok)
+    assert tok.decode(header) == "<|im_start|>assistant\n"
+    own = assistant_tokens(r.ids[None], header)[0]
+    text = lambda m: tok.decode(r.ids[m])
+    assert text(own) == "<|im_start|>assistant\nA helpful assistant.<|im_end|>\n<|im_start|>assistant\nYes.<|im_end|>\n"
+    assert (own | ~r.response_mask).all()  # every response token is an assistant-turn token
+    plain = tok("No turns here at all.", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert assistant_tokens(plain, header).all()  # text without turns: every token counts

@@ -224,6 +224,10 @@ def test_cap_script_runs_every_condition_and_logs_to_wandb(band, tmp_path, monke
     assert set(res["caps"]["sae L1,3 p75"]["taus"]) == {f"blocks.{l}.hook_resid_post" for l in (1, 3)}
     for r in res["conditions"][1:]:
         assert 0 <= r["cap_active_ordinary"]["mean"] <= 1 and r["identity_n"] > 0
+        assert r["default_identity_n"] == 15 and 0 <= r["default_identity_assistant_rate"] <= 1  # --small: 1 each
+        assert r["default_identity_gain"] == pytest.approx(r["default_identity_assistant_rate"]
+                                                           - res["conditions"][0]["default_identity_assistant_rate"])
+        assert len(r["samples"]["default"]) == 4
     base = res["conditions"][0]
     assert base["refusal_log_odds_gain"] == 0 and base["kl_chat"] == pytest.approx(0.0, abs=1e-6)
     for r in res["conditions"]:
@@ -251,6 +255,40 @@ def test_cap_script_runs_every_condition_and_logs_to_wandb(band, tmp_path, monke
     assert [r["strength"] for r in again["steering"]["rows"]] == [-0.5, 0.5]
     assert again["conditions"] == res["conditions"] and again["drift"] == res["drift"]
     assert set(again["args_by_part"]) == {"caps", "steering", "drift"}
+
+
+def test_engagement_part_replays_the_switch_and_matches_the_measured_firing(band, tmp_path):
+    """With the window over all text, the replayed switch pushes on exactly the ordinary tokens
+    cap_activity counts for the same one-layer conditional cap; counting only the assistant's turns
+    changes what the window holds."""
+    from scripts.cap import main
+
+    path, _, _ = band
+    res = main(["--model", "tiny", "--axis", str(path), "--out", str(tmp_path / "eng"), "--small", "--no-sae",
+                "--no-wandb", "--bands", "2", "--percentiles", "50", "--windows", "4", "--gains", "2", "--triggers", "25",
+                "--parts", "caps", "engagement", "--engagement-triggers", "0", "25", "95", "--n-nll", "6"])
+    eng, cond = res["engagement"], res["conditions"][1]
+    assert eng["condition"] == cond["condition"] == "raw L2 p50 w4 g2 if<p25" and eng["layers"] == [2]
+    assert [(r["scope"], r["trigger"]) for r in eng["rows"]] == [("all", 0), ("all", 25), ("assistant", 0),
+                                                                ("assistant", 25)]  # 95 lies above the cap's p50
+    by = {(r["scope"], r["trigger"]): r for r in eng["rows"]}
+    fired = cond["cap_active_ordinary"]["any_hook"]
+    assert by[("all", 25)]["ordinary"]["tokens"] == pytest.approx(fired)
+    assert 0 < fired < 1 and by[("assistant", 25)]["ordinary"]["tokens"] != pytest.approx(fired)  # a real choice
+    assert by[("all", 25)]["ordinary"]["n"] == 6 and by[("all", 25)]["default"]["n"] == 15
+    for scope in ("all", "assistant"):  # a higher trigger engages wherever a lower one does, and more
+        for k in ("ordinary", "persona", "default"):
+            assert by[(scope, 0)][k]["tokens"] <= by[(scope, 25)][k]["tokens"]
+
+
+def test_engagement_part_needs_a_raw_cap():
+    from steering.experiment import Condition
+
+    from axis.evaluate import engagement_part
+
+    sae = Condition("sae cap", None, "sae_cap", 75, {"basis": "sae", "layers": [], "percentile": 75})
+    with pytest.raises(ValueError, match="raw-basis cap condition"):
+        engagement_part(None, None, [Condition("uncapped"), sae], None, None)
 
 
 def test_cap_ship_tunes_on_dev_checks_on_test_and_writes_the_recipe(band, tmp_path):
@@ -416,3 +454,4 @@ def test_cap_recipe_ships_loads_and_refuses_a_model_without_its_layers(tiny, bui
     assert choose_cap(rows)["condition"] == "b"
     with pytest.raises(ValueError, match="No cap condition"):
         choose_cap(rows[:2])
+

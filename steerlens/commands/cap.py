@@ -11,6 +11,7 @@ cap fires; then steering along the axis and the drift plot with capping on
     steerlens cap ... --parts steering --strengths -0.5 0 0.5   # redo one part, keep the rest
     steerlens cap ... --bands 15 --windows 32 --gains 4 8      # windowed caps (steering.projection)
     steerlens cap ... --windows 16 --percentiles 50 --triggers 10 --calibrations token   # conditional
+    steerlens cap ... --configs '{"layers": [15], "percentile": 90, "window": 256, "trigger": 67}' --parts engagement
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ import re
 from pathlib import Path
 
 from axis.compute import CALIBRATIONS
-from axis.evaluate import PARTS, SPLITS
+from axis.evaluate import DEFAULT_PARTS, PARTS, SPLITS
 
 from steerlens.commands.common import add_model_args, add_wandb_args
 from steerlens.errors import UsageError
 
-SMALL = dict(n_personas=2, n_identity_questions=2, n_plain=2, n_jailbreaks=3, n_mc=4, n_nll=3, n_neutral=2,
+SMALL = dict(n_personas=2, n_identity_questions=2, n_plain=2, n_default_samples=1, n_jailbreaks=3, n_mc=4, n_nll=3, n_neutral=2,
              max_new_tokens=8, strengths=[-1.0, 0.0, 1.0], n_steer_personas=1, drift_per_domain=1, drift_turns=2,
              drift_new_tokens=8)
-COUNTS = dict(n_personas=12, n_identity_questions=5, n_plain=15, n_jailbreaks=60, n_mc=120, n_nll=40, n_neutral=16,
+COUNTS = dict(n_personas=12, n_identity_questions=5, n_plain=15, n_default_samples=3, n_jailbreaks=60, n_mc=120, n_nll=40, n_neutral=16,
               neutral_tokens=96, max_new_tokens=64)
 BAND = re.compile(r"auto|\s*\d+\s*-\s*\d+\s*|\s*\d+\s*(,\s*\d+\s*)*|")
-HELP = {"n_plain": "identity questions without persona (steering)"}
+HELP = {"n_plain": "identity questions without persona (steering)",
+        "n_default_samples": "samples per identity question under the default system prompt (caps)"}
 
 
 def add_cap_args(ap) -> None:
@@ -76,8 +78,12 @@ def add_arguments(ap) -> None:
     ap.add_argument("--drift-turns", type=int, default=8)
     ap.add_argument("--drift-new-tokens", type=int, default=64)
     ap.add_argument("--drift-layer", type=int, default=None, help="default: the axis's monitor layer")
-    ap.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
-                    help="what to run; results of other parts already in --out are kept")
+    ap.add_argument("--parts", nargs="+", default=list(DEFAULT_PARTS), choices=PARTS,
+                    help="what to run (default: %(default)s); results of other parts already in --out are kept; "
+                         "engagement: where the first raw cap's switch engages on unsteered chats, window over all "
+                         "text vs over the assistant's turns (axis.engagement)")
+    ap.add_argument("--engagement-triggers", nargs="+", type=float, default=[10, 25, 50, 60, 67, 75],
+                    help="trigger percentiles the engagement part replays")
     ap.add_argument("--split", default="all", choices=SPLITS,
                     help="dev = first half of the personas and jailbreaks and even prompts of the ordinary-answer "
                          "bank (tune here), test = the other halves")
@@ -130,11 +136,13 @@ def settings(args):
                            seed=args.seed, batch_size=args.batch_size)
     cfg = CapEvalConfig(
         n_personas=args.n_personas, n_identity_questions=args.n_identity_questions, n_plain=args.n_plain,
+        n_default_samples=args.n_default_samples,
         n_jailbreaks=args.n_jailbreaks, n_mc=args.n_mc, n_nll=args.n_nll, n_neutral=args.n_neutral,
         neutral_tokens=args.neutral_tokens, generation=gen, steer_layer=args.steer_layer, strengths=args.strengths,
         n_steer_personas=args.n_steer_personas, drift_per_domain=args.drift_per_domain,
         drift_turns=args.drift_turns, drift_new_tokens=args.drift_new_tokens, drift_layer=args.drift_layer,
-        parts=args.parts, split=args.split, wandb=not args.no_wandb, wandb_project=args.wandb_project,
+        engagement_triggers=args.engagement_triggers, parts=args.parts, split=args.split, wandb=not args.no_wandb,
+        wandb_project=args.wandb_project,
         run_name=f"cap-{Path(args.axis).name}-{'+'.join(args.parts)}")
     return sweep, cfg
 
