@@ -6,8 +6,8 @@ the axis ("a helpful AI assistant": about +43 at layer 15), so it keeps ordinary
 from engaging the switch, and keeps a default-prompt answer that drifts ("a majestic dragon") from
 engaging it too. Counting only the assistant's own turns (`scope="assistant"`) is the other choice.
 
-`engagement` replays the cap's own rule (the window mean, then hysteresis from the trigger back to
-tau: `steering.window`) on the unsteered projections of ordinary answers, persona answers and
+`engagement` runs the cap's own rule (`steering.caps.cap_shortfall`: the window mean, then hysteresis
+from the trigger back to tau) on the unsteered projections of ordinary answers, persona answers and
 default-prompt identity answers, and reports per scope and trigger the share of answer tokens (and
 of chats) on which the cap would push. For a one-layer cap with scope "all", the ordinary-answer
 figure is the firing `axis.capping.cap_activity` measures on the same answers: teacher-forced, the
@@ -16,15 +16,18 @@ cap's own pushes do not reach the layer it measures at.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Int
 
 from lm.batch import pad
 from lm.chat import Conversation, render, render_text
 from lm.harvest import capturing, forward_batch
-from steering.window import empty_window, hysteresis, window_mean
+from steering.caps import cap_shortfall
 
 from axis.artifact import AssistantAxis
+from axis.capping import CapConfig, cap_interventions, default_band
 
 SCOPES = ("all", "assistant")
 
@@ -49,55 +52,44 @@ def assistant_tokens(ids: Int[torch.Tensor, "b s"], header: list[int]) -> Bool[t
     return torch.where(idx >= 0, own.gather(1, idx.clamp(min=0)), True)
 
 
-def projections(model, axis: AssistantAxis, layers: list[int], convs: list[Conversation], batch_size: int = 8):
-    """Per chat (projection per layer [L, s], response mask [s], assistant-turn mask [s]), unsteered."""
+def activations(model, layers: list[int], convs: list[Conversation], batch_size: int = 8):
+    """Per chat ({hook: residual [1, s, d]}, response mask [s], assistant-turn mask [s]), unsteered."""
     tok, header, out = model.tokenizer, turn_header(model.tokenizer), []
     names = [f"blocks.{l}.hook_resid_post" for l in layers]
-    units = torch.stack([axis.unit(l) for l in layers])
     with capturing(model, names) as run:
         for b in range(0, len(convs), batch_size):
             rs = [render(tok, c) for c in convs[b:b + batch_size]]
             ids, _, mask = pad([r.ids for r in rs], tok.pad_token_id, masks=[r.response_mask for r in rs])
             acts = forward_batch(model, ids, names, run=run)
-            p = torch.einsum("lbsd,ld->bls", torch.stack([acts[n].float() for n in names]), units.float())
             own = assistant_tokens(ids, header)
-            out += [(p[i, :, :len(r.ids)].cpu(), mask[i, :len(r.ids)], own[i, :len(r.ids)]) for i, r in enumerate(rs)]
+            out += [({n: acts[n][i:i + 1, :len(r.ids)] for n in names}, mask[i, :len(r.ids)], own[i, :len(r.ids)])
+                    for i, r in enumerate(rs)]
     return out
 
 
-def pushed(p: Float[torch.Tensor, " s"], counted: Bool[torch.Tensor, " s"], window: int, tau: float, trigger: float
-           ) -> Bool[torch.Tensor, " s"]:
-    """Where a conditional floor cap would push: switch on (measure below trigger, until back at tau)
-    and measure below tau; the measure is the mean over the last `window` counted tokens (0: per token)."""
-    q, v = p[None].float(), counted[None]
-    if window:
-        mean, has, _ = window_mean(q, v, empty_window(1, window, q.device), window)
-        q = torch.where(has, mean, q)
-    on, _ = hysteresis(q, v, torch.zeros(1, dtype=torch.bool), trigger, tau, "floor")
-    return (on & (q < tau))[0]
-
-
-def engagement(model, axis: AssistantAxis, layers: list[int], window: int, percentile: float, triggers: list[float],
-               sets: dict[str, list[Conversation]], calibration: str = "rollout") -> dict:
+def engagement(model, axis: AssistantAxis, cfg: CapConfig, triggers: list[float],
+               sets: dict[str, list[Conversation]]) -> dict:
     """Per scope and trigger percentile, per set of chats: the share of response tokens on which the
-    cap (floor at `percentile`, any of `layers`) would push, and the share of chats it pushes in at all."""
-    layers = axis.check_layers(layers)
-    tau = [axis.tau(l, percentile, calibration) for l in layers]
-    data = {k: projections(model, axis, layers, v) for k, v in sets.items()}
+    caps of `cfg` with that trigger (any band layer) would push, by their own rule
+    (`steering.caps.cap_shortfall`), and the share of chats they push in at all."""
+    layers = axis.check_layers(cfg.layers or default_band(axis.n_layers))
+    data = {k: activations(model, layers, v) for k, v in sets.items()}
     rows = []
     for scope in SCOPES:
         for t in triggers:
-            trig = [axis.tau(l, t, calibration) for l in layers]
-            row = {"scope": scope, "trigger": t, "trigger_value": trig}
+            kernels = [c.kernel(model) for c in cap_interventions(axis, replace(cfg, layers=layers, trigger=t))]
+            row = {"scope": scope, "trigger": t, "trigger_value": [k.params[0][2].item() for k in kernels]}
             for name, chats in data.items():
                 tokens = total = hit = 0
-                for p, resp, own in chats:
+                for acts, resp, own in chats:
                     counted = torch.arange(len(resp)) > 0  # the attention sink never counts
                     counted &= own if scope == "assistant" else True
-                    any_layer = torch.stack([pushed(p[i], counted, window, tau[i], trig[i])
-                                             for i in range(len(layers))]).any(0) & resp
+                    any_layer = torch.stack([cap_shortfall(acts[k.hook], k.params, k.init_state(1, "cpu"),
+                                                           counted[None], *k.static)[0][0] > 0
+                                             for k in kernels]).any(0) & resp
                     tokens, total, hit = tokens + int(any_layer.sum()), total + int(resp.sum()), hit + bool(any_layer.any())
                 row[name] = {"tokens": tokens / max(total, 1), "chats": hit / max(len(chats), 1), "n": len(chats)}
             rows.append(row)
-    return {"layers": layers, "window": window, "percentile": percentile, "calibration": calibration, "tau": tau,
-            "rows": rows}
+    tau = [axis.tau(l, cfg.percentile, cfg.calibration) for l in layers]
+    return {"layers": layers, "window": cfg.window, "percentile": cfg.percentile, "calibration": cfg.calibration,
+            "tau": tau, "rows": rows}

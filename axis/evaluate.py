@@ -51,7 +51,7 @@ from steering.experiment import Condition, run_conditions
 
 from axis import data
 from axis.artifact import AssistantAxis
-from axis.capping import cap_activity, default_band
+from axis.capping import cap_activity
 from axis.drift import DriftConfig, monitor_layer, plot_drift, run_drift
 from axis.evals import (NeutralKL, answers, identity_rates, mc_accuracy, mean_resid_norm, refusal_log_odds,
                         refusal_rate, response_nll, text_nll)
@@ -340,8 +340,7 @@ def engagement_part(model, axis: AssistantAxis, conditions: list[Condition], pro
     sets = {"ordinary": heldout_answers(model, cfg.n_nll, cfg.generation, cfg.split),
             "persona": replies(prompts.persona), "default": replies(prompts.default)}
     triggers = [t for t in cfg.engagement_triggers if t <= cc.percentile]
-    res = engagement(model, axis, cc.layers or default_band(axis.n_layers), cc.window, cc.percentile, triggers, sets,
-                     cc.calibration)
+    res = engagement(model, axis, cc, triggers, sets)
     return {"condition": cond.name, **res}
 
 
