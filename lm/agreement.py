@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from lm.batch import pad
-from lm.decode import decode_model, teacher_forced_logits
+from lm.decode import teacher_forced_logits
+from lm.layout import decode_model
 from lm.fastpath import fast_path
 from lm.generate import GenerationConfig, generate
 

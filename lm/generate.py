@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from lm.batch import pad
 from lm.chat import Conversation, as_conversation, render
-from lm.decode import decode_model, sample, site_of
+from lm.decode import sample, site_of
+from lm.layout import decode_model
 from lm.fastpath import fast_path
 from lm.kernel import kernel_of
 
@@ -38,8 +39,9 @@ from lm.kernel import kernel_of
 DECODE_ENV = "STEERLENS_DECODE"
 DECODE_MODES = ("auto", "compiled", "eager")
 # "auto" compiles when the call samples at least this many tokens (prompts x max_new_tokens): a new
-# edit structure or batch shape costs ~3-10 s of compilation on 2 cores, which a 14-prompt x 48-token
-# condition would not win back (steps there are ~1/3 faster, ~3 ms a token at batch 16).
+# edit structure or batch shape costs ~1-4 s of compilation with inductor's cache warm and ~12-15 s
+# per segment program cold, on 2 cores; a 14-prompt x 48-token condition would not win that back
+# (compiled steps save ~3 ms a token at batch 32).
 AUTO_MIN_TOKENS = 2048
 
 

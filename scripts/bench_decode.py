@@ -27,7 +27,8 @@ from lm.batch import pad
 from lm.benchmark import interleaved, paired_ratio
 from lm.chat import render
 from lm.agreement import int8_agreement
-from lm.decode import COMPILES, decode_model
+from lm.decode import COMPILES
+from lm.layout import decode_model
 from lm.fastpath import fast_path
 from lm.generate import GenerationConfig, generate
 from lm.model import EMBEDDED, load_bare_hf, load_model

@@ -13,7 +13,8 @@ import torch
 
 from lm.batch import pad
 from lm.chat import render
-from lm.decode import COMPILES, Sampler, decode_model, sample, site_of
+from lm.decode import COMPILES, Sampler, sample, site_of
+from lm.layout import decode_model
 from lm.fastpath import fast_path
 from lm.generate import GenerationConfig, end_of_turn_ids, generate, hooked_runner, tracking
 from lm.kernel import Kernel
@@ -36,14 +37,14 @@ def batch(tiny):
     return ids, att
 
 
-def both(tiny, hooks, n=12, penalty=1.0, min_new=0):
+def both(tiny, hooks, n=12, penalty=1.0, min_new=0, **kw):
     """(compiled tokens, per-step logits) and (eager tokens, per-step logits), greedy."""
     ids, att = batch(tiny)
     tok, stops = tiny.tokenizer, end_of_turn_ids(tiny.tokenizer)
     trace = []
     got = sample(decode_model(fast_path(tiny).hf), ids, att, [h.kernel for _, h in hooks], max_new_tokens=n,
                  min_new_tokens=min_new, temperature=0, top_p=1.0, repetition_penalty=penalty, stops=stops,
-                 pad_id=tok.pad_token_id, context=512, trace=trace)
+                 pad_id=tok.pad_token_id, context=512, trace=trace, **kw)
     with torch.no_grad(), hooked_runner(tiny, hooks) as runner, tracking(runner, ids.shape[1], (att == 0).sum(1)):
         out = runner.generate(input_ids=ids, attention_mask=att, max_new_tokens=n, min_new_tokens=min_new or None,
                               do_sample=False, repetition_penalty=penalty, eos_token_id=stops,
@@ -83,6 +84,17 @@ def test_compiled_step_matches_eager(tiny, topk_sae_dir, name):
     assert max((a - b).abs().max().item() for a, b in zip(trace, logits)) < 1e-4
     unsteered = both(tiny, [])[0][1]
     assert any((a - b).abs().max() > 1e-2 for a, b in zip(trace, unsteered)), "the edit changed nothing"
+
+
+@pytest.mark.parametrize("segment", [1, 3])
+def test_segments_of_layers_match_eager(tiny, topk_sae_dir, segment):
+    """Layers run SEGMENT at a time in one compiled call; with short segments the tiny model's 4 layers
+    split into segments with and without edits (3: an uneven tail), and a plain segment's program is
+    shared: still eager's tokens and logits, and the window state carried across segments."""
+    x = cases(topk_sae_dir)["several"]
+    (got, trace), (ref, logits) = both(tiny, x.hooks(tiny), segment=segment)
+    assert torch.equal(got, ref)
+    assert max((a - b).abs().max().item() for a, b in zip(trace, logits)) < 1e-4
 
 
 def test_penalty_and_min_new_tokens_match_eager(tiny):
@@ -186,10 +198,28 @@ def test_candidate_top_p_keeps_what_the_full_sort_keeps(scale):
     assert bool(short.all()) if scale < 0.1 else not bool(short.any())
 
 
+def test_redraw_replaces_only_the_flagged_rows_from_the_full_top_p_set():
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    g = torch.Generator().manual_seed(1)
+    scores = torch.cat([torch.randn(2, 3000, generator=g) * 0.05, torch.randn(2, 3000, generator=g) * 8.0])
+    smp = Sampler(False, torch.tensor(1.0), torch.tensor(0.9), torch.tensor(1.0), False, torch.zeros(3000, dtype=torch.bool))
+    nxt, short = smp(scores, torch.zeros(4, 3000, dtype=torch.bool), torch.tensor(True))
+    assert short.tolist() == [True, True, False, False]
+    kept = TopPLogitsWarper(0.9)(None, scores.clone()).isfinite()
+    got = smp.redraw(nxt, short, scores, torch.zeros(4, 3000, dtype=torch.bool), torch.tensor(True))
+    assert torch.equal(got[2:], nxt[2:])
+    assert all(kept[r, got[r]] for r in range(4))
+    draws = {smp.redraw(nxt, short, scores, torch.zeros(4, 3000, dtype=torch.bool), torch.tensor(True))[0].item()
+             for _ in range(20)}
+    assert len(draws) > 10  # a flat row's draw spreads over its large kept set
+
+
 def test_int8_weights_are_an_option_close_to_float(tiny):
     ids, att = batch(tiny)
     hf = fast_path(tiny).hf
-    from lm.decode import DecodeModel, teacher_forced_logits
+    from lm.decode import teacher_forced_logits
+    from lm.layout import DecodeModel
 
     out = {kind: teacher_forced_logits(decode_model(hf, kind), ids, att)[:, -1] for kind in ("float", "int8")}
     assert isinstance(decode_model(hf, "int8"), DecodeModel) and decode_model(hf, "int8") is decode_model(hf, "int8")
