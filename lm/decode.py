@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 
 from lm.int8 import Int8, linear
-from lm.layout import DecodeModel, LayerWeights
+from lm.layout import DecodeModel, LayerWeights, aligned
 from lm.sampling import Sampler
 from lm.sources import cache_root
 
@@ -99,6 +99,9 @@ class Edits:
 
     @classmethod
     def build(cls, kernels, prompt_len: int, total: int, batch: int, device) -> "Edits":
+        # the compiled step copies a misaligned input on every call (an SAE's W_enc read from
+        # safetensors sits 56 bytes off: 10.6 MB a step), so the kernels get aligned tensors once
+        kernels = [replace(k, params=tuple(aligned(p) for p in k.params)) for k in kernels]
         masks = [k.where(prompt_len, total).to(device) for k in kernels]
         by_layer: dict[int, list[tuple[int, int, str]]] = {}
         for i, k in enumerate(kernels):
