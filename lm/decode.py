@@ -100,7 +100,8 @@ class Edits:
     @classmethod
     def build(cls, kernels, prompt_len: int, total: int, batch: int, device) -> "Edits":
         # the compiled step copies a misaligned input on every call (an SAE's W_enc read from
-        # safetensors sits 56 bytes off: 10.6 MB a step), so the kernels get aligned tensors once
+        # safetensors sits 56 bytes off: 10.6 MB a step), so the kernels get aligned tensors once per
+        # generation (a no-op for tensors already aligned)
         kernels = [replace(k, params=tuple(aligned(p) for p in k.params)) for k in kernels]
         masks = [k.where(prompt_len, total).to(device) for k in kernels]
         by_layer: dict[int, list[tuple[int, int, str]]] = {}

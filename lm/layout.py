@@ -93,5 +93,3 @@ def decode_model(hf: nn.Module, weights: str = "float") -> DecodeModel:
     if weights not in got:
         got[weights] = got["float"].int8()
     return got[weights]
-
-

@@ -204,14 +204,14 @@ def test_redraw_replaces_only_the_flagged_rows_from_the_full_top_p_set():
     g = torch.Generator().manual_seed(1)
     scores = torch.cat([torch.randn(2, 3000, generator=g) * 0.05, torch.randn(2, 3000, generator=g) * 8.0])
     smp = Sampler(False, torch.tensor(1.0), torch.tensor(0.9), torch.tensor(1.0), False, torch.zeros(3000, dtype=torch.bool))
-    nxt, short = smp(scores, torch.zeros(4, 3000, dtype=torch.bool), torch.tensor(True))
+    seen, allow = torch.zeros(4, 3000, dtype=torch.bool), torch.tensor(True)
+    nxt, short = smp(scores, seen, allow)
     assert short.tolist() == [True, True, False, False]
     kept = TopPLogitsWarper(0.9)(None, scores.clone()).isfinite()
-    got = smp.redraw(nxt, short, scores, torch.zeros(4, 3000, dtype=torch.bool), torch.tensor(True))
+    got = smp.redraw(nxt, short, scores, seen, allow)
     assert torch.equal(got[2:], nxt[2:])
     assert all(kept[r, got[r]] for r in range(4))
-    draws = {smp.redraw(nxt, short, scores, torch.zeros(4, 3000, dtype=torch.bool), torch.tensor(True))[0].item()
-             for _ in range(20)}
+    draws = {smp.redraw(nxt, short, scores, seen, allow)[0].item() for _ in range(20)}
     assert len(draws) > 10  # a flat row's draw spreads over its large kept set
 
 
